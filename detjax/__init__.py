@@ -1,0 +1,66 @@
+"""detjax: the object-detection toolbox for JAX.
+
+Public API re-exports only; importing detjax does no work beyond importing JAX.
+Subpackages (``detjax.losses``, ``detjax.assign``, ``detjax.data``, ...) load lazily
+on first attribute access.
+"""
+
+import importlib as _importlib
+
+from detjax.boxes import (
+    aligned_box_iou,
+    aligned_complete_box_iou,
+    aligned_distance_box_iou,
+    aligned_generalized_box_iou,
+    box_area,
+    box_convert,
+    box_iou,
+    clip_boxes,
+    complete_box_iou,
+    distance_box_iou,
+    generalized_box_iou,
+)
+
+__version__ = "0.1.0"
+
+_SUBMODULES = frozenset({
+    "anchors", "assign", "boxes", "cli", "coders", "compress", "data", "eval", "infer",
+    "losses", "models", "nms", "train", "tune",
+})
+
+# Top-level names that live in submodules, resolved on first access.
+_LAZY = {
+    "nms": ("detjax.nms", "nms"),
+    "soft_nms": ("detjax.nms", "soft_nms"),
+    "diou_nms": ("detjax.nms", "diou_nms"),
+    "batched_nms": ("detjax.nms", "batched_nms"),
+    "non_max_suppression": ("detjax.nms", "non_max_suppression"),
+    "NMSResult": ("detjax.nms", "NMSResult"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(_importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"detjax.{name}")
+    raise AttributeError(f"module 'detjax' has no attribute {name!r}")
+
+
+__all__ = [
+    "aligned_box_iou",
+    "aligned_complete_box_iou",
+    "aligned_distance_box_iou",
+    "aligned_generalized_box_iou",
+    "box_area",
+    "box_convert",
+    "box_iou",
+    "clip_boxes",
+    "complete_box_iou",
+    "distance_box_iou",
+    "generalized_box_iou",
+    *_LAZY,
+]

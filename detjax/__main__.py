@@ -1,0 +1,3 @@
+from detjax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""The ``detjax`` command line: ``detjax train | val | predict | anchors | demo ...``.
+
+Each sub-command lives in the module that owns its logic and is registered here by
+name as ``"module:function"``; the module is imported only when its command runs, so
+``detjax --help`` stays fast. A command function takes the remaining argv (a list
+of strings) and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+
+# name -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("detjax.demo:main", "IoU + NMS on generated detector-like candidates"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: detjax <command> [args...]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        print(f"detjax: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -182,7 +182,7 @@ def box_iou(boxes1: ArrayLike, boxes2: ArrayLike) -> jax.Array:
 
 
 def generalized_box_iou(boxes1: ArrayLike, boxes2: ArrayLike) -> jax.Array:
-    """Pairwise GIoU ``IoU - (C - U) / C`` of xyxy boxes ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
+    """Pairwise GIoU ``IoU - (C - U) / C``, xyxy ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
 
     Same as ``torchvision.ops.generalized_box_iou`` (no epsilon; C is the smallest
     enclosing box), with 0 in place of NaN for zero-size pairs. Range ``[-1, 1]``.
@@ -191,7 +191,7 @@ def generalized_box_iou(boxes1: ArrayLike, boxes2: ArrayLike) -> jax.Array:
 
 
 def distance_box_iou(boxes1: ArrayLike, boxes2: ArrayLike, *, eps: float = 1e-7) -> jax.Array:
-    """Pairwise DIoU ``IoU - rho^2 / c^2`` of xyxy boxes ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
+    """Pairwise DIoU ``IoU - rho^2 / c^2``, xyxy ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
 
     rho is the distance between centres, c the diagonal of the enclosing box
     (``c^2 + eps``). Same as ``torchvision.ops.distance_box_iou``.
@@ -200,7 +200,7 @@ def distance_box_iou(boxes1: ArrayLike, boxes2: ArrayLike, *, eps: float = 1e-7)
 
 
 def complete_box_iou(boxes1: ArrayLike, boxes2: ArrayLike, *, eps: float = 1e-7) -> jax.Array:
-    """Pairwise CIoU ``DIoU - alpha * v`` of xyxy boxes ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
+    """Pairwise CIoU ``DIoU - alpha * v``, xyxy ``[..., N, 4] x [..., M, 4] -> [..., N, M]``.
 
     ``v = 4/pi^2 (atan(w2/h2) - atan(w1/h1))^2``, ``alpha = v / (1 - IoU + v + eps)``
     under ``stop_gradient``. Same as ``torchvision.ops.complete_box_iou``.

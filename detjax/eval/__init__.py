@@ -1,0 +1,27 @@
+"""Evaluation: COCO mAP identical to pycocotools, PR curves, batch evaluator.
+
+Names resolve lazily so ``import detjax.eval`` does no work.
+"""
+
+import importlib as _importlib
+
+_LAZY = {
+    "coco_evaluate": "detjax.eval.coco",
+    "coco_iou_thresholds": "detjax.eval.coco",
+    "coco_recall_thresholds": "detjax.eval.coco",
+    "Evaluator": "detjax.eval.evaluator",
+    "scale_boxes": "detjax.eval.evaluator",
+    "pr_curve": "detjax.eval.pr",
+    "confidence_curves": "detjax.eval.pr",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'detjax.eval' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

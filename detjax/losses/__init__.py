@@ -1,0 +1,45 @@
+"""Losses: classification, box regression, distribution, and composite detector losses.
+
+Every elementwise loss returns per-element values (callers reduce with an explicit
+normaliser); composite losses return ``(total, {component: value})``. Hyperparameters
+are keyword-only, default to the reference named in each docstring, and may be traced
+JAX values, so a loss can be ``jax.vmap``-ed over a hyperparameter grid.
+"""
+
+from detjax.losses.classification import (
+    binary_cross_entropy,
+    quality_focal_loss,
+    sigmoid_focal_loss,
+    softmax_cross_entropy,
+    softmax_focal_loss,
+    varifocal_loss,
+)
+from detjax.losses.distribution import DFLConvention, dfl_bins, distribution_focal_loss
+from detjax.losses.regression import (
+    complete_box_iou_loss,
+    distance_box_iou_loss,
+    generalized_box_iou_loss,
+    iou_loss,
+    l1_loss,
+    smooth_l1_loss,
+)
+from detjax.losses.yolo import yolo_detection_loss
+
+__all__ = [
+    "DFLConvention",
+    "binary_cross_entropy",
+    "complete_box_iou_loss",
+    "dfl_bins",
+    "distance_box_iou_loss",
+    "distribution_focal_loss",
+    "generalized_box_iou_loss",
+    "iou_loss",
+    "l1_loss",
+    "quality_focal_loss",
+    "sigmoid_focal_loss",
+    "smooth_l1_loss",
+    "softmax_cross_entropy",
+    "softmax_focal_loss",
+    "varifocal_loss",
+    "yolo_detection_loss",
+]

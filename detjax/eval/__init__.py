@@ -12,6 +12,8 @@ _LAZY = {
     "Evaluator": "detjax.eval.evaluator",
     "scale_boxes": "detjax.eval.evaluator",
     "pr_curve": "detjax.eval.pr",
+    "PRCurve": "detjax.eval.pr",
+    "best_f1": "detjax.eval.pr",
     "confidence_curves": "detjax.eval.pr",
 }
 

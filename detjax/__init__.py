@@ -21,6 +21,18 @@ from detjax.boxes import (
     generalized_box_iou,
 )
 
+# Bound eagerly (listed in __all__ via _LAZY): the function `nms` shares its name with the
+# submodule `detjax.nms`, and a lazy binding loses to the submodule attribute once
+# `from detjax.nms import ...` has run.
+from detjax.nms import (  # noqa: F401
+    NMSResult,
+    batched_nms,
+    diou_nms,
+    nms,
+    non_max_suppression,
+    soft_nms,
+)
+
 __version__ = "0.1.0"
 
 _SUBMODULES = frozenset({

@@ -58,7 +58,7 @@ def test_evaluator_equals_coco_evaluate_on_original_boxes():
               orig_size=sizes[:3])
     ev.update_batch(out[3:], valid[3:].sum(1),  # count form of ``valid``
                     {"boxes": gtb[3:], "labels": gtl[3:], "gt_mask": gtm[3:],
-                     "letterbox_scale": scale[3:], "letterbox_pad": pad[3:],
+                     "scale": scale[3:], "pad": pad[3:],
                      "orig_size": sizes[3:]})
     assert len(ev) == 5
     got = ev.compute()

@@ -8,11 +8,12 @@ Both are mapped back to each original image with :func:`scale_boxes` (undo lette
 the letterbox parameters are given, so areas (small/medium/large) and IoUs are measured in
 original pixels, as ultralytics' validator does before it calls pycocotools.
 
-Contract with the TRAIN / data side: a batch may carry the letterbox parameters under
-``letterbox_scale`` ``[B, 2]`` (``sx, sy``: ``box_net = box_orig * s + pad``), ``letterbox_pad``
-``[B, 2]`` (``left, top``), ``orig_size`` ``[B, 2]`` (``h, w``) and ``image_mask`` ``[B]``
-(false for padding images of a short last batch), matching ``detjax.data.transforms.letterbox``;
-missing keys mean "evaluate in network pixels" / "all images real".
+Contract with the TRAIN / data side (``detjax.data.loader`` eval batches): a batch may carry
+the letterbox parameters under ``scale`` ``[B, 2]`` (``sx, sy``: ``box_net = box_orig * s +
+pad``), ``pad`` ``[B, 2]`` (``left, top``), ``orig_size`` ``[B, 2]`` (``h, w``) and
+``image_mask`` ``[B]`` (false for padding images of a short last batch), matching
+``detjax.data.transforms.letterbox``; missing keys mean "evaluate in network pixels" / "all
+images real".
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ import numpy as np
 
 from detjax.eval.coco import coco_evaluate
 
-BATCH_KEYS = {"scale": "letterbox_scale", "pad": "letterbox_pad", "orig_size": "orig_size",
-              "image_mask": "image_mask"}
+BATCH_KEYS = ("scale", "pad", "orig_size", "image_mask")
 
 
 def scale_boxes(boxes: Any, scale: Any, pad: Any, orig_size: Any | None = None) -> np.ndarray:
@@ -145,7 +145,7 @@ class Evaluator:
     def update_batch(self, detections: Any, valid: Any, batch: Mapping[str, Any]) -> None:
         """:meth:`update` with ground truth and letterbox parameters read from a loader batch
         (``boxes``, ``labels``, ``gt_mask`` and the optional keys in the module docstring)."""
-        extra = {arg: batch[key] for arg, key in BATCH_KEYS.items() if key in batch}
+        extra = {key: batch[key] for key in BATCH_KEYS if key in batch}
         self.update(detections, valid, batch["boxes"], batch["labels"], batch["gt_mask"],
                     gt_iscrowd=batch.get("iscrowd"), **extra)
 

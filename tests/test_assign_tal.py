@@ -13,6 +13,7 @@ from detjax.anchors import make_anchor_points
 from detjax.assign import batched_task_aligned, task_aligned
 
 SHAPES, STRIDES = [(8, 8), (4, 4), (2, 2)], [8, 16, 32]
+_task_aligned = jax.jit(task_aligned, static_argnames=("topk2",))
 
 
 def _points():
@@ -172,7 +173,7 @@ def test_padding_is_inert(seed, extra):
                                          for x in _problem(seed))
     rng = np.random.default_rng(seed)
     junk = rng.uniform(0, 64, (extra, 4)).astype(np.float32)  # garbage in padded slots
-    fn = jax.jit(task_aligned)
+    fn = _task_aligned
     base = fn(scores, pd, pts, labels, gt, mask)
     pad = fn(scores, pd, pts, np.concatenate([labels, np.full(extra, 3, np.int32)]),
              np.concatenate([gt, junk]), np.concatenate([mask, np.zeros(extra, bool)]))
@@ -185,7 +186,7 @@ def test_padding_is_inert(seed, extra):
 def test_topk2_and_bf16_and_grad_free():
     scores, pd, pts, labels, gt, mask = (x[2] if x.ndim > 1 and x.shape[0] == 3 else x
                                          for x in _problem(3))
-    fn = jax.jit(task_aligned, static_argnames=("topk2",))
+    fn = _task_aligned
     full = fn(scores, pd, pts, labels, gt, mask)
     one = fn(scores, pd, pts, labels, gt, mask, topk2=1)
     assert one.fg_mask.sum() <= mask.sum() < full.fg_mask.sum()

@@ -5,6 +5,21 @@ Every assigner works on one image with ground truth padded to ``M`` slots
 fixed-size per-anchor targets; ``jax.vmap`` batches it.
 """
 
+from detjax.assign.atss import atss
+from detjax.assign.fcos import (
+    FCOS_REGRESS_RANGES,
+    FCOS_STRIDES,
+    FcosTargets,
+    centerness_target,
+    fcos_targets,
+)
+from detjax.assign.hungarian import SetMatch, detr_cost, hungarian, linear_assignment
+from detjax.assign.max_iou import IGNORED, NEGATIVE, Match, match_quality, max_iou
 from detjax.assign.tal import TaskAlignedTargets, batched_task_aligned, task_aligned
 
-__all__ = ["TaskAlignedTargets", "batched_task_aligned", "task_aligned"]
+__all__ = [
+    "FCOS_REGRESS_RANGES", "FCOS_STRIDES", "IGNORED", "NEGATIVE", "FcosTargets", "Match",
+    "SetMatch", "TaskAlignedTargets", "atss", "batched_task_aligned", "centerness_target",
+    "detr_cost", "fcos_targets", "hungarian", "linear_assignment", "match_quality", "max_iou",
+    "task_aligned",
+]

@@ -15,22 +15,36 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.97  # flax convention; PyTorch/ultralytics momentum 0.03
 
-# PyTorch's default Conv2d init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
-torch_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+def _uniform(key: jax.Array, shape: tuple[int, ...], dtype, bound: float) -> jax.Array:
+    """U(-bound, bound). With a concrete key the draw is made by NumPy (seeded from the key):
+    eager ``jax.random`` compiles one XLA program per parameter shape, which made building a
+    model take ~40 s on a loaded 2-core CPU. Traced keys (under jit/eval_shape) use jax.random."""
+    if isinstance(key, jax.core.Tracer):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    seed = np.asarray(jax.random.key_data(key)).astype(np.uint32).ravel()
+    draw = np.random.default_rng(seed).uniform(-bound, bound, size=shape)
+    return jnp.asarray(draw, dtype)
+
+
+def torch_kernel_init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """PyTorch's default Conv2d kernel init, ``kaiming_uniform(a=sqrt(5))`` ==
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)); flax kernel shape ``[kh, kw, in / groups, out]``."""
+    fan_in = int(np.prod(shape[:-1]))
+    return _uniform(key, shape, dtype, 1.0 / fan_in ** 0.5)
 
 
 def torch_bias_init(fan_in: int):
     """PyTorch's default Conv2d bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / float(fan_in) ** 0.5
 
     def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return _uniform(key, shape, dtype, 1.0 / float(fan_in) ** 0.5)
 
     return init
 
@@ -107,7 +121,7 @@ class C2f(nnx.Module):
 def max_pool_same(x: jax.Array, kernel: int) -> jax.Array:
     """Stride-1 max pooling with -inf padding ``kernel // 2`` (torch ``MaxPool2d``), NHWC."""
     pad = kernel // 2
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, kernel, kernel, 1),
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, kernel, kernel, 1),
                              (1, 1, 1, 1), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
 

@@ -17,7 +17,11 @@ Contract (shared with ``detjax.train`` and ``detjax.eval``):
   (ultralytics inference format) for :func:`detjax.non_max_suppression`.
 - BatchNorm (``nnx.BatchNorm``, eps 1e-3, PyTorch momentum 0.03) uses batch statistics after
   ``detector.train()`` (the default) and running averages after ``detector.eval()``. Split
-  with ``nnx.split(detector, nnx.Param, nnx.BatchStat)`` for a functional train state.
+  with ``graphdef, params, stats = nnx.split(detector, nnx.Param, nnx.BatchStat)`` for a
+  functional train state; inside ``jax.grad`` rebuild with
+  ``nnx.merge(graphdef, params, stats, copy=True)`` (flax 0.12 otherwise reuses the Variables of
+  the enclosing jit trace and BatchNorm's running-stat update raises ``TraceContextError``) and
+  return ``nnx.state(model, nnx.BatchStat)`` as the new statistics.
 
 Example::
 

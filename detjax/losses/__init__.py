@@ -14,6 +14,14 @@ from detjax.losses.classification import (
     softmax_focal_loss,
     varifocal_loss,
 )
+from detjax.losses.dense import gfl_loss, retinanet_loss
+from detjax.losses.detr import detr_set_loss
+from detjax.losses.distill import (
+    dfl_distillation_loss,
+    kd_loss,
+    kd_mixed_loss,
+    score_distillation_loss,
+)
 from detjax.losses.distribution import DFLConvention, dfl_bins, distribution_focal_loss
 from detjax.losses.regression import (
     complete_box_iou_loss,
@@ -29,13 +37,20 @@ __all__ = [
     "DFLConvention",
     "binary_cross_entropy",
     "complete_box_iou_loss",
+    "detr_set_loss",
     "dfl_bins",
+    "dfl_distillation_loss",
     "distance_box_iou_loss",
     "distribution_focal_loss",
     "generalized_box_iou_loss",
+    "gfl_loss",
     "iou_loss",
+    "kd_loss",
+    "kd_mixed_loss",
     "l1_loss",
     "quality_focal_loss",
+    "retinanet_loss",
+    "score_distillation_loss",
     "sigmoid_focal_loss",
     "smooth_l1_loss",
     "softmax_cross_entropy",

@@ -341,3 +341,44 @@ def test_equal_iou_goes_to_later_ground_truth():
 @pytest.mark.peers
 def test_equal_iou_tie_matches_pycocotools():
     assert_matches_pycocotools(*_tie_case(), 1, iou_thresholds=[0.3])
+
+
+@pytest.mark.peers
+def test_evaluate_coco_json_matches_pycocotools_on_files(tmp_path):
+    """Non-contiguous image/category ids, given areas, crowd, results on a category the
+    ground truth does not list: the file path route equals COCOeval on the same files."""
+    import json
+
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from detjax.eval import evaluate_coco_json
+
+    dets, gts = random_case(21, num_images=5, num_classes=3, crowd_p=0.2)
+    img_ids, cat_ids = [7, 3, 42, 11, 5], [5, 1, 90]
+    anns, results = [], []
+    for i, (boxes, labels, crowd) in enumerate(gts):
+        for b, lab, c in zip(boxes, labels, crowd):
+            w, h = b[2] - b[0], b[3] - b[1]
+            anns.append(dict(id=len(anns) + 1, image_id=img_ids[i], category_id=cat_ids[lab],
+                             bbox=[b[0], b[1], w, h], area=w * h * 0.7, iscrowd=int(c)))
+    for i, (boxes, scores, labels) in enumerate(dets):
+        for b, s, lab in zip(boxes, scores, labels):
+            results.append(dict(image_id=img_ids[i], category_id=cat_ids[lab], score=s,
+                                bbox=[b[0], b[1], b[2] - b[0], b[3] - b[1]]))
+    results.append(dict(image_id=7, category_id=999, score=0.99, bbox=[0, 0, 5, 5]))
+    gt = dict(images=[dict(id=i) for i in img_ids], annotations=anns,
+              categories=[dict(id=c, name=f"c{c}") for c in cat_ids])
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text(json.dumps(results))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(tmp_path / "gt.json"))
+        ev = COCOeval(coco_gt, coco_gt.loadRes(str(tmp_path / "res.json")), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    res = evaluate_coco_json(str(tmp_path / "gt.json"), str(tmp_path / "res.json"))
+    np.testing.assert_allclose(res["stats"], ev.stats, atol=1e-10)
+    np.testing.assert_allclose(res["precision"], ev.eval["precision"], atol=1e-10)
+    assert res["class_names"] == ["c1", "c5", "c90"]

@@ -9,6 +9,8 @@ _LAZY = {
     "coco_evaluate": "detjax.eval.coco",
     "coco_iou_thresholds": "detjax.eval.coco",
     "coco_recall_thresholds": "detjax.eval.coco",
+    "evaluate_coco_json": "detjax.eval.coco",
+    "coco_json_to_inputs": "detjax.eval.coco",
     "Evaluator": "detjax.eval.evaluator",
     "scale_boxes": "detjax.eval.evaluator",
     "pr_curve": "detjax.eval.pr",

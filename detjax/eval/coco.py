@@ -472,3 +472,63 @@ def coco_evaluate(detections: Sequence[Any], ground_truths: Sequence[Any], *,
         class_names=list(class_names) if class_names is not None else [str(i) for i in range(k)],
         num_images=len(detections))
     return result
+
+
+def _load_json(source: Any) -> Any:
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        import json
+
+        with open(source) as f:
+            return json.load(f)
+    return source
+
+
+def coco_json_to_inputs(ground_truth: Any, results: Any
+                        ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]],
+                                   list[str], list[int], list[int]]:
+    """A COCO annotation file and a results file (paths or loaded json) -> per-image inputs of
+    :func:`coco_evaluate` (``xywh`` boxes), class names, image ids and category ids.
+
+    Images and categories are those of the ground truth sorted by id (pycocotools' ``imgIds``
+    / ``catIds``); results on other categories are dropped, results on unknown images raise
+    (pycocotools' ``loadRes`` assertion). Annotation order is kept inside each image.
+    """
+    gt, res = _load_json(ground_truth), _load_json(results)
+    image_ids = sorted(int(im["id"]) for im in gt["images"])
+    cats = sorted(gt["categories"], key=lambda c: int(c["id"]))
+    cat_ids = [int(c["id"]) for c in cats]
+    names = [str(c.get("name", c["id"])) for c in cats]
+    img_index = {i: n for n, i in enumerate(image_ids)}
+    cat_index = {c: n for n, c in enumerate(cat_ids)}
+    gts: list[dict[str, list]] = [dict(boxes=[], labels=[], iscrowd=[], area=[])
+                                  for _ in image_ids]
+    for ann in gt.get("annotations", []):
+        if int(ann["category_id"]) not in cat_index:
+            continue
+        g = gts[img_index[int(ann["image_id"])]]
+        x, y, w, h = ann["bbox"]
+        g["boxes"].append([x, y, w, h])
+        g["labels"].append(cat_index[int(ann["category_id"])])
+        g["iscrowd"].append(bool(ann.get("iscrowd", 0)))
+        g["area"].append(float(ann["area"]) if "area" in ann else w * h)
+    dts: list[dict[str, list]] = [dict(boxes=[], scores=[], labels=[]) for _ in image_ids]
+    for n, det in enumerate(res):
+        if int(det["image_id"]) not in img_index:
+            raise ValueError(f"results[{n}]: image_id {det['image_id']} is not in the ground "
+                             "truth images")
+        if int(det["category_id"]) not in cat_index:
+            continue
+        d = dts[img_index[int(det["image_id"])]]
+        d["boxes"].append(det["bbox"])
+        d["scores"].append(float(det["score"]))
+        d["labels"].append(cat_index[int(det["category_id"])])
+    as_arrays = lambda items: [{k: np.asarray(v) for k, v in e.items()} for e in items]
+    return as_arrays(dts), as_arrays(gts), names, image_ids, cat_ids
+
+
+def evaluate_coco_json(ground_truth: Any, results: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`coco_evaluate` of a COCO results file against a COCO annotation file (paths or
+    loaded json), the drop-in for ``COCOeval(COCO(gt), COCO(gt).loadRes(res), 'bbox')``.
+    ``per_class_ap`` follows the ground truth's categories sorted by id."""
+    dets, gts, names, _, _ = coco_json_to_inputs(ground_truth, results)
+    return coco_evaluate(dets, gts, class_names=names, box_format="xywh", **kwargs)

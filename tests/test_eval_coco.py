@@ -382,3 +382,21 @@ def test_evaluate_coco_json_matches_pycocotools_on_files(tmp_path):
     np.testing.assert_allclose(res["stats"], ev.stats, atol=1e-10)
     np.testing.assert_allclose(res["precision"], ev.eval["precision"], atol=1e-10)
     assert res["class_names"] == ["c1", "c5", "c90"]
+
+
+def test_no_images_and_all_empty_images():
+    res = coco_evaluate([], [])
+    assert res["map"] == -1.0 and res["precision"].shape == (10, 101, 0, 4, 3)
+    e = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
+    g = (np.zeros((0, 4)), np.zeros(0, int))
+    res = coco_evaluate([e, e], [g, g], num_classes=2)
+    assert res["map"] == -1.0 and (res["per_class_ap"] == -1).all()
+
+
+@pytest.mark.peers
+def test_zero_area_boxes_match_pycocotools():
+    boxes = np.array([[0.0, 0, 0, 0], [1, 1, 5, 5], [3, 3, 3, 9]])
+    dets = [(boxes, np.array([0.5, 0.4, 0.3]), np.array([0, 1, 1]))]
+    gts = [(boxes, np.array([0, 1, 1]))]
+    res, _ = assert_matches_pycocotools(dets, gts, 2)
+    assert res["per_class_ap"][0] == 0.0  # a zero-area box never overlaps anything

@@ -136,13 +136,15 @@ def _flatten_ground_truths(ground_truths: Sequence[Any], box_format: str
                    images=images)
 
 
+_DTYPES = {"boxes": np.float64, "scores": np.float64, "area": np.float64, "labels": np.int64,
+           "images": np.int64, "crowd": bool, "ignore": bool}
+
+
 def _concat(**parts: list[np.ndarray]) -> dict[str, np.ndarray]:
     out = {}
     for key, arrays in parts.items():
-        if arrays:
-            out[key] = np.concatenate(arrays)
-        else:
-            out[key] = np.zeros((0, 4) if key == "boxes" else (0,))
+        empty = np.zeros((0, 4) if key == "boxes" else (0,), dtype=_DTYPES[key])
+        out[key] = np.concatenate(arrays).astype(_DTYPES[key]) if arrays else empty
     return out
 
 

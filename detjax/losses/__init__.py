@@ -33,6 +33,8 @@ from detjax.losses.regression import (
 )
 from detjax.losses.yolo import yolo_detection_loss
 
+focal_loss = sigmoid_focal_loss  # the name DESIGN.md and most users reach for
+
 __all__ = [
     "DFLConvention",
     "binary_cross_entropy",
@@ -42,6 +44,7 @@ __all__ = [
     "dfl_distillation_loss",
     "distance_box_iou_loss",
     "distribution_focal_loss",
+    "focal_loss",
     "generalized_box_iou_loss",
     "gfl_loss",
     "iou_loss",

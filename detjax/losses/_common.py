@@ -24,6 +24,14 @@ def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> No
                          f"{b.shape}")
 
 
+def float_pair(a: ArrayLike, b: ArrayLike, name_a: str,
+               name_b: str) -> tuple[jax.Array, jax.Array]:
+    """Both arguments as float (>= float32) arrays of one shape, else ValueError/TypeError."""
+    a, b = as_float(a, name_a), as_float(b, name_b)
+    check_same_shape(a, b, name_a, name_b)
+    return a, b
+
+
 def safe_pow(base: jax.Array, exponent: ArrayLike) -> jax.Array:
     """``base ** exponent`` for ``base >= 0`` with ``0 ** 0 = 1`` and finite gradients at 0.
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from detjax.losses._common import as_float, bce_with_logits, check_same_shape, safe_pow
+from detjax.losses._common import as_float, bce_with_logits, float_pair, safe_pow
 
 __all__ = [
     "binary_cross_entropy",
@@ -26,10 +26,7 @@ __all__ = [
 
 
 def _logits_and_targets(logits: ArrayLike, targets: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    x = as_float(logits, "logits")
-    t = as_float(targets, "targets")
-    check_same_shape(x, t, "logits", "targets")
-    return x, t
+    return float_pair(logits, targets, "logits", "targets")
 
 
 def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> jax.Array:
@@ -45,15 +42,20 @@ def binary_cross_entropy(logits: ArrayLike, targets: ArrayLike) -> jax.Array:
     return bce_with_logits(x, t)
 
 
-def _soft_labels(labels: ArrayLike, num_classes: int) -> jax.Array:
+def _logits_and_soft_labels(logits: ArrayLike, labels: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """Logits ``[..., C]`` and labels as ``[..., C]`` rows (integer ``[...]`` -> one-hot)."""
+    x = as_float(logits, "logits")
+    if x.ndim < 1:
+        raise ValueError(f"logits must have shape [..., C], got {x.shape}")
     labels = jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer):
-        return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    labels = as_float(labels, "labels")
-    if labels.shape[-1:] != (num_classes,):
-        raise ValueError(f"soft labels must have shape [..., {num_classes}] like the logits, "
+        t = jax.nn.one_hot(labels, x.shape[-1], dtype=jnp.float32)
+    else:
+        t = as_float(labels, "labels")
+    if t.shape != x.shape:
+        raise ValueError(f"labels must be [...] ints or [..., C] floats matching logits {x.shape}, "
                          f"got {labels.shape}")
-    return labels
+    return x, t
 
 
 def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
@@ -65,15 +67,8 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
     distribution, as ``torch.nn.functional.cross_entropy(label_smoothing=...)``.
     An integer label outside ``[0, C)`` gives a zero one-hot row, so a zero loss.
     """
-    x = as_float(logits, "logits")
-    if x.ndim < 1:
-        raise ValueError(f"logits must have shape [..., C], got {x.shape}")
-    num_classes = x.shape[-1]
-    t = _soft_labels(labels, num_classes)
-    if t.shape != x.shape:
-        raise ValueError(f"labels must be [...] ints or [..., C] floats matching logits {x.shape}, "
-                         f"got {jnp.shape(labels)}")
-    t = t * (1.0 - label_smoothing) + label_smoothing / num_classes
+    x, t = _logits_and_soft_labels(logits, labels)
+    t = t * (1.0 - label_smoothing) + label_smoothing / x.shape[-1]
     return -jnp.sum(t * jax.nn.log_softmax(x, axis=-1), axis=-1)
 
 
@@ -108,13 +103,7 @@ def softmax_focal_loss(logits: ArrayLike, labels: ArrayLike, *, alpha: ArrayLike
     ``labels`` are class indices ``[...]`` or soft labels ``[..., C]``; ``alpha < 0``
     disables the alpha weight.
     """
-    x = as_float(logits, "logits")
-    if x.ndim < 1:
-        raise ValueError(f"logits must have shape [..., C], got {x.shape}")
-    t = _soft_labels(labels, x.shape[-1])
-    if t.shape != x.shape:
-        raise ValueError(f"labels must be [...] ints or [..., C] floats matching logits {x.shape}, "
-                         f"got {jnp.shape(labels)}")
+    x, t = _logits_and_soft_labels(logits, labels)
     log_p = jax.nn.log_softmax(x, axis=-1)
     one_minus_p = -jnp.expm1(log_p)  # 1 - p without cancellation near p = 1
     loss = -jnp.sum(t * safe_pow(one_minus_p, gamma) * log_p, axis=-1)

@@ -15,16 +15,15 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from detjax.losses._common import as_float, bce_with_logits, check_same_shape
+from detjax.losses._common import bce_with_logits, float_pair
 from detjax.losses.classification import softmax_cross_entropy
 
 __all__ = ["dfl_distillation_loss", "kd_loss", "kd_mixed_loss", "score_distillation_loss"]
 
 
 def _student_teacher(student: ArrayLike, teacher: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    s = as_float(student, "student_logits")
-    t = jax.lax.stop_gradient(as_float(teacher, "teacher_logits"))
-    check_same_shape(s, t, "student_logits", "teacher_logits")
+    s, t = float_pair(student, teacher, "student_logits", "teacher_logits")
+    t = jax.lax.stop_gradient(t)
     if s.ndim < 1:
         raise ValueError(f"logits must have a class axis [..., C], got {s.shape}")
     return s, t

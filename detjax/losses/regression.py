@@ -20,7 +20,7 @@ from detjax.boxes import (
     aligned_distance_box_iou,
     aligned_generalized_box_iou,
 )
-from detjax.losses._common import as_float, check_same_shape
+from detjax.losses._common import float_pair
 
 __all__ = [
     "complete_box_iou_loss",
@@ -33,10 +33,7 @@ __all__ = [
 
 
 def _pair(pred: ArrayLike, target: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    p = as_float(pred, "pred")
-    t = as_float(target, "target")
-    check_same_shape(p, t, "pred", "target")
-    return p, t
+    return float_pair(pred, target, "pred", "target")
 
 
 def l1_loss(pred: ArrayLike, target: ArrayLike) -> jax.Array:

@@ -1,0 +1,79 @@
+"""detjax.data: detection data sets, augmentations and a fixed-shape batch loader.
+
+Boxes are float32 ``[n, 4]`` ``xyxy`` absolute pixels (pixel ``(r, c)`` covers
+``[c, c + 1) x [r, r + 1)``); labels int32 ``[n]``; images uint8 RGB ``[H, W, 3]``.
+
+Data sets
+  ``load_dataset(path, *, format='coco'|'yolo'|'voc', split='train', on_error='raise')``
+      -> :class:`DetectionDataset` (``class_names``, ``len()``, ``ds[i]`` -> :class:`Record`
+      with ``image_path``, ``image_size`` (h, w), ``boxes``, ``labels``, ``difficult`` (VOC),
+      ``mask_path`` / ``segments`` (instance masks), and ``ds.report`` (clipped boxes,
+      dropped zero-area / crowd boxes, skipped images, each problem naming its file).
+  ``write_dataset(ds, out_dir, *, format='coco'|'yolo', split='train')`` -> annotation path.
+  ``synthetic_dataset(split='train', *, num_train=2000, num_val=300, seed=0,
+      image_size=256, difficulty=0.5, cache_dir=None)`` -> the embedded default data set
+      (7 shape classes, instance masks), generated once and cached under
+      ``$DETJAX_CACHE`` or ``~/.cache/detjax``; ``SyntheticConfig`` for every knob.
+  ``DataError``: a bad file (names the file and record/line).
+
+Loader
+  ``Loader(ds, LoaderConfig(...), **overrides)``; ``loader.epoch()`` yields the batches of
+  the current epoch (``images`` uint8 [B,S,S,3], ``boxes`` f32 [B,M,4], ``labels`` i32
+  [B,M], ``gt_mask`` bool [B,M], ``index``, ``image_mask``, ``scale``, ``pad``,
+  ``orig_size``), ``iter(loader)`` loops over epochs; ``loader.state`` / ``loader.restore``
+  checkpoint the position (epoch, batch, seed) so a resumed run sees the same batches;
+  ``loader.report`` collects boxes over ``max_boxes`` and skipped images.
+  ``LoaderConfig``: batch_size, image_size, multi_scale (per-batch sizes, multiples of 32),
+  max_boxes, augment, aug (:class:`AugmentConfig`, ultralytics defaults incl.
+  close_mosaic), epochs, shuffle, drop_remainder, repeat_threshold (LVIS repeat-factor
+  sampling), workers (grain processes; 0 = in-process), seed, on_error, use_masks.
+
+Augmentations (``Sample(image, boxes, labels, instance_map=None)``; ``rng`` a NumPy Generator)
+  ``letterbox``, ``resize``, ``horizontal_flip``, ``random_hsv``, ``random_affine``,
+  ``cutout``, ``mosaic4``, ``mixup``, ``copy_paste``, ``albu_geometric`` / ``albu_color``
+  (albumentations Compose) with ``apply_albumentations``; ``repeat_factors`` /
+  ``epoch_indices``. Registered ops: ``get_op(name, **params)(sample, rng, ctx)``,
+  ``OPS``, ``register_op``, ``build_ops``.
+
+Nothing heavy is imported until used (albumentations, grain, cv2 load lazily).
+"""
+
+from detjax.data.formats import VOC_CLASSES, load_dataset, write_dataset
+from detjax.data.loader import Loader, LoaderConfig, LoaderState, load_sample, pad_boxes
+from detjax.data.mosaic import copy_paste, mixup, mosaic4
+from detjax.data.ops import OPS, AugmentConfig, build_ops, get_op, register_op
+from detjax.data.records import (
+    DataError,
+    DataReport,
+    DetectionDataset,
+    Record,
+    boxes_from_instance_map,
+    load_instance_map,
+    read_image,
+)
+from detjax.data.sampling import epoch_indices, repeat_factors
+from detjax.data.synthetic import SHAPES, SyntheticConfig, generate_image, synthetic_dataset
+from detjax.data.transforms import (
+    Sample,
+    albu_color,
+    albu_geometric,
+    apply_albumentations,
+    box_candidates,
+    cutout,
+    horizontal_flip,
+    letterbox,
+    random_affine,
+    random_hsv,
+    resize,
+)
+
+__all__ = [
+    "OPS", "SHAPES", "VOC_CLASSES", "AugmentConfig", "DataError", "DataReport",
+    "DetectionDataset", "Loader", "LoaderConfig", "LoaderState", "Record", "Sample",
+    "SyntheticConfig", "albu_color", "albu_geometric", "apply_albumentations",
+    "box_candidates", "boxes_from_instance_map", "build_ops", "copy_paste", "cutout",
+    "epoch_indices", "generate_image", "get_op", "horizontal_flip", "letterbox",
+    "load_dataset", "load_instance_map", "load_sample", "mixup", "mosaic4", "pad_boxes",
+    "random_affine", "random_hsv", "read_image", "register_op", "repeat_factors", "resize",
+    "synthetic_dataset", "write_dataset",
+]

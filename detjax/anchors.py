@@ -2,15 +2,24 @@
 
 * :func:`make_anchor_points`: cell centres of every feature map with a stride per point
   (ultralytics ``make_anchors``), for anchor-free heads (YOLOv8, FCOS).
+* :func:`make_anchor_boxes`: anchor boxes of FPN levels from scales, octave scales and
+  ratios (torchvision / mmdet ``AnchorGenerator``; RetinaNet, Faster R-CNN).
+* Fitting anchors ``[K, 2]`` (w, h) to the box sizes ``wh [N, 2]`` of a data set:
+  :func:`kmeans_anchors` (k-means with ``1 - IoU`` distance, jittable),
+  :func:`mean_best_iou`, and YOLOv5 autoanchor: :func:`ratio_metric`,
+  :func:`anchor_fitness`, :func:`best_possible_recall`, :func:`anchors_above_threshold`,
+  :func:`evolve_anchors`, :func:`autoanchor`; the ``detjax anchors`` command (:func:`main`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 
 def _check_levels(feature_shapes: Sequence[Sequence[int]], strides: Sequence[float]) -> None:
@@ -45,3 +54,289 @@ def make_anchor_points(feature_shapes: Sequence[Sequence[int]], strides: Sequenc
         point_strides.append(np.full((int(h) * int(w), 1), stride))
     return (jnp.asarray(np.concatenate(points), dtype),
             jnp.asarray(np.concatenate(point_strides), dtype))
+
+
+def make_anchor_boxes(feature_shapes: Sequence[Sequence[int]], strides: Sequence[float], *,
+                      ratios: Sequence[float] = (0.5, 1.0, 2.0), base_scale: float = 8.0,
+                      octave_scales: Sequence[float] = (1.0,),
+                      sizes: Sequence[Sequence[float]] | None = None, offset: float = 0.0,
+                      round_base: bool = False,
+                      dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """Anchor boxes ``[A, 4]`` xyxy pixels for FPN levels, location-major then anchor.
+
+    At each cell ``(col + offset, row + offset) * stride`` of each level, one box per
+    ``(ratio, size)`` pair, ratio-major: ``w = size / sqrt(ratio)``, ``h = size *
+    sqrt(ratio)`` with ``ratio = height / width``. The sizes of a level are ``sizes[l]``
+    when given (torchvision ``AnchorGenerator(sizes, aspect_ratios)``, which also rounds
+    the base boxes: ``round_base=True``), else ``stride * base_scale * octave_scales``
+    (mmdet ``AnchorGenerator``: Faster R-CNN ``base_scale=8``; RetinaNet ``base_scale=4,
+    octave_scales=(2**0, 2**(1/3), 2**(2/3))``). ``offset=0`` puts boxes on cell corners
+    as both references; 0.5 centres them. ``A = sum(h * w) * len(ratios) * len(sizes)``.
+    """
+    _check_levels(feature_shapes, strides)
+    if sizes is not None and len(sizes) != len(strides):
+        raise ValueError(f"sizes needs one tuple per level ({len(strides)}), got {len(sizes)}")
+    out = []
+    for level, ((h, w), stride) in enumerate(zip(feature_shapes, strides)):
+        level_sizes = (np.asarray(sizes[level], np.float64) if sizes is not None
+                       else stride * base_scale * np.asarray(octave_scales, np.float64))
+        hr = np.sqrt(np.asarray(ratios, np.float64))
+        ws = (level_sizes[None, :] / hr[:, None]).reshape(-1)  # [R * S], ratio-major
+        hs = (level_sizes[None, :] * hr[:, None]).reshape(-1)
+        base = np.stack([-ws, -hs, ws, hs], -1) / 2
+        if round_base:
+            base = np.round(base)
+        ys, xs = np.meshgrid(np.arange(int(h)), np.arange(int(w)), indexing="ij")
+        shifts = (np.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4) + offset) * stride
+        out.append((shifts + base[None]).reshape(-1, 4))
+    return jnp.asarray(np.concatenate(out), dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# Anchor fitting. Anchors and box sizes are (w, h) pairs in pixels; an optional
+# ``mask [N]`` marks valid rows so that a padded, fixed-size wh array works under jit.
+# ----------------------------------------------------------------------------------------
+
+
+def _as_wh(wh: ArrayLike, name: str = "wh") -> jax.Array:
+    wh = jnp.asarray(wh)
+    if wh.ndim != 2 or wh.shape[-1] != 2:
+        raise ValueError(f"{name} must be [N, 2] (width, height), got {wh.shape}")
+    return wh.astype(jnp.promote_types(wh.dtype, jnp.float32))
+
+
+def _weights(wh: jax.Array, mask: ArrayLike | None) -> jax.Array:
+    if mask is None:
+        return jnp.ones(wh.shape[:1], wh.dtype)
+    mask = jnp.asarray(mask)
+    if mask.shape != wh.shape[:1]:
+        raise ValueError(f"mask must be [N] = [{wh.shape[0]}], got {mask.shape}")
+    return mask.astype(wh.dtype)
+
+
+def _mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+    return (values * weights).sum() / jnp.maximum(weights.sum(), 1)
+
+
+def wh_iou(wh: ArrayLike, anchors: ArrayLike) -> jax.Array:
+    """IoU ``[N, K]`` of (w, h) pairs ``[N, 2]`` and anchors ``[K, 2]`` aligned at a common
+    centre (YOLOv2 / YOLOv5 ``wh_iou``); boxes built as xyxy and sent through
+    :func:`detjax.box_iou`."""
+    from detjax.boxes import box_iou
+
+    wh, anchors = _as_wh(wh), _as_wh(anchors, "anchors")
+    zeros = lambda x: jnp.zeros_like(x)
+    return box_iou(jnp.concatenate([zeros(wh), wh], -1),
+                   jnp.concatenate([zeros(anchors), anchors], -1))
+
+
+def mean_best_iou(anchors: ArrayLike, wh: ArrayLike, mask: ArrayLike | None = None) -> jax.Array:
+    """Mean over boxes ``wh [N, 2]`` of the best :func:`wh_iou` with ``anchors [K, 2]``
+    (the YOLOv2 "avg IoU" fit of a set of anchors)."""
+    wh = _as_wh(wh)
+    return _mean(wh_iou(wh, anchors).max(1), _weights(wh, mask))
+
+
+def kmeans_anchors(wh: ArrayLike, num_anchors: int, *, key: jax.Array, iterations: int = 100,
+                   mask: ArrayLike | None = None) -> jax.Array:
+    """k-means of box sizes ``wh [N, 2]`` with distance ``1 - IoU`` -> anchors ``[K, 2]``
+    sorted by area (YOLOv2, Redmon & Farhadi 2017).
+
+    Starts from ``num_anchors`` distinct valid boxes drawn with ``key``; each of the
+    ``iterations`` steps assigns every box to the anchor of highest :func:`wh_iou` and
+    moves each anchor to the mean (w, h) of its boxes (an anchor with no box stays).
+    Jittable (``num_anchors`` and ``iterations`` static); ``mask [N]`` excludes padding.
+    """
+    wh = _as_wh(wh)
+    weights = _weights(wh, mask)
+    if not 1 <= num_anchors <= wh.shape[0]:
+        raise ValueError(f"num_anchors must be in [1, N={wh.shape[0]}], got {num_anchors}")
+    p = weights / jnp.maximum(weights.sum(), 1)
+    start = jax.random.choice(key, wh.shape[0], (num_anchors,), replace=False, p=p)
+
+    def step(_, anchors):
+        assign = jnp.argmax(wh_iou(wh, anchors), 1)  # [N]
+        onehot = jax.nn.one_hot(assign, num_anchors, dtype=wh.dtype) * weights[:, None]
+        count = onehot.sum(0)[:, None]  # [K, 1]
+        means = onehot.T @ wh / jnp.maximum(count, 1)
+        return jnp.where(count > 0, means, anchors)
+
+    anchors = jax.lax.fori_loop(0, iterations, step, wh[start])
+    return anchors[jnp.argsort(anchors.prod(1))]
+
+
+def ratio_metric(wh: ArrayLike, anchors: ArrayLike) -> jax.Array:
+    """YOLOv5 anchor-box ratio metric ``[N, K]``: ``min over (w, h) of min(r, 1 / r)`` with
+    ``r = box / anchor`` (1 for a perfect fit; ``> 1 / anchor_t`` means trainable)."""
+    wh, anchors = _as_wh(wh), _as_wh(anchors, "anchors")
+    r = wh[:, None, :] / anchors[None, :, :]  # [N, K, 2]
+    return jnp.minimum(r, 1 / r).min(-1)
+
+
+def anchor_fitness(anchors: ArrayLike, wh: ArrayLike, *, thr: float = 4.0,
+                   mask: ArrayLike | None = None) -> jax.Array:
+    """YOLOv5 ``kmean_anchors.anchor_fitness``: mean over boxes of ``best * (best > 1/thr)``,
+    ``best`` the box's highest :func:`ratio_metric` over the anchors."""
+    wh = _as_wh(wh)
+    best = ratio_metric(wh, anchors).max(1)
+    return _mean(best * (best > 1 / thr), _weights(wh, mask))
+
+
+def best_possible_recall(anchors: ArrayLike, wh: ArrayLike, *, thr: float = 4.0,
+                         mask: ArrayLike | None = None) -> jax.Array:
+    """YOLOv5 BPR: fraction of boxes whose best :func:`ratio_metric` exceeds ``1 / thr``."""
+    wh = _as_wh(wh)
+    return _mean(ratio_metric(wh, anchors).max(1) > 1 / thr, _weights(wh, mask))
+
+
+def anchors_above_threshold(anchors: ArrayLike, wh: ArrayLike, *, thr: float = 4.0,
+                            mask: ArrayLike | None = None) -> jax.Array:
+    """YOLOv5 "anchors past thr": mean number of anchors per box with metric ``> 1 / thr``."""
+    wh = _as_wh(wh)
+    return _mean((ratio_metric(wh, anchors) > 1 / thr).sum(1), _weights(wh, mask))
+
+
+def _log_fitness(wh: jax.Array, thr: float, weights: jax.Array):
+    """:func:`anchor_fitness` as a function of anchors, in log space: ``min(r, 1/r) =
+    exp(-|log r|)``, so the ``[N, K]`` work is subtractions and the exp runs once per box."""
+    log_w, log_h = jnp.log(jnp.maximum(wh, jnp.finfo(wh.dtype).tiny)).T  # [N] each
+
+    def fitness(anchors: jax.Array) -> jax.Array:
+        log_k = jnp.log(anchors)  # [K, 2]
+        gap = jnp.full_like(log_w, jnp.inf)
+        for k in range(anchors.shape[0]):  # K is small: [N]-wide vector ops, one fused loop
+            gap = jnp.minimum(gap, jnp.maximum(jnp.abs(log_w - log_k[k, 0]),
+                                               jnp.abs(log_h - log_k[k, 1])))
+        best = jnp.exp(-gap)
+        return _mean(best * (best > 1 / thr), weights)
+
+    return fitness
+
+
+def evolve_anchors(anchors: ArrayLike, wh: ArrayLike, *, key: jax.Array,
+                   generations: int = 1000, mutation_prob: float = 0.9, sigma: float = 0.1,
+                   thr: float = 4.0, population: int = 1,
+                   mask: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
+    """YOLOv5 genetic anchor evolution -> (anchors ``[K, 2]`` sorted by area, fitness).
+
+    Each generation multiplies the anchors by ``v = clip(1 + (u < mutation_prob) * s *
+    n * sigma, 0.3, 3.0)`` (``u, s`` uniform, one ``s`` per mutant, ``n`` normal), clips
+    them at 2 px and keeps the mutant if its :func:`anchor_fitness` is strictly higher,
+    as YOLOv5 ``kmean_anchors`` (whose redraw of an all-ones ``v`` has probability
+    ``(1 - mutation_prob) ** (2K)`` and is skipped here). ``population > 1`` draws that
+    many mutants per generation (one batched evaluation) and keeps the best: more search
+    for the same number of sequential steps. Jittable; ``generations`` and ``population``
+    are static.
+    """
+    wh = _as_wh(wh)
+    anchors = _as_wh(anchors, "anchors")
+    fitness = jax.vmap(_log_fitness(wh, thr, _weights(wh, mask)))
+
+    def step(_, state):
+        best, best_f, key = state
+        key, k_u, k_s, k_n = jax.random.split(key, 4)
+        shape = (population, *best.shape)
+        u = jax.random.uniform(k_u, shape) < mutation_prob
+        s = jax.random.uniform(k_s, (population, 1, 1))
+        v = jnp.clip(1 + u * s * jax.random.normal(k_n, shape) * sigma, 0.3, 3.0)
+        mutants = jnp.maximum(best[None] * v, 2.0)  # [P, K, 2]
+        f = fitness(mutants)
+        i = jnp.argmax(f)
+        better = f[i] > best_f
+        return (jnp.where(better, mutants[i], best), jnp.where(better, f[i], best_f), key)
+
+    start = (anchors, fitness(anchors[None])[0], key)
+    best, best_f, _ = jax.lax.fori_loop(0, generations, step, start)
+    return best[jnp.argsort(best.prod(1))], best_f
+
+
+class AnchorFit(NamedTuple):
+    """Result of :func:`autoanchor`: ``anchors [K, 2]`` (w, h) sorted by area, their
+    ``fitness``, ``bpr`` and ``aat`` (on all boxes, as YOLOv5 reports) and
+    ``mean_iou`` (:func:`mean_best_iou`)."""
+
+    anchors: jax.Array
+    fitness: jax.Array
+    bpr: jax.Array
+    aat: jax.Array
+    mean_iou: jax.Array
+
+
+def _nearest(x: jax.Array, centres: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Index ``[N]`` and Euclidean distance ``[N]`` of the nearest of ``centres [K, 2]``;
+    an unrolled loop over the few centres keeps every op ``N``-wide (fast on CPU)."""
+    best_d = jnp.full(x.shape[:1], jnp.inf, x.dtype)
+    best_i = jnp.zeros(x.shape[:1], jnp.int32)
+    for k in range(centres.shape[0]):
+        d = (x[:, 0] - centres[k, 0]) ** 2 + (x[:, 1] - centres[k, 1]) ** 2
+        best_i = jnp.where(d < best_d, k, best_i)
+        best_d = jnp.minimum(d, best_d)
+    return best_i, jnp.sqrt(best_d)
+
+
+def _lloyd(x: jax.Array, weights: jax.Array, centres: jax.Array,
+           iterations: int) -> tuple[jax.Array, jax.Array]:
+    """Euclidean k-means steps on ``x [N, 2]`` -> (centres ``[K, 2]``, mean distance)."""
+
+    def step(_, c):
+        idx, _ = _nearest(x, c)
+        sums = jax.ops.segment_sum(jnp.concatenate([x * weights[:, None], weights[:, None]], 1),
+                                   idx, c.shape[0])  # [K, 3]: weighted sums of x, counts
+        return jnp.where(sums[:, 2:] > 0, sums[:, :2] / jnp.maximum(sums[:, 2:], 1e-12), c)
+
+    centres = jax.lax.fori_loop(0, iterations, step, centres)
+    return centres, _mean(_nearest(x, centres)[1], weights)
+
+
+def _whitened_kmeans(wh: jax.Array, weights: jax.Array, k: int, key: jax.Array,
+                     restarts: int, iterations: int) -> jax.Array:
+    """YOLOv5's init, ``scipy.cluster.vq.kmeans(wh / std, k, iter=restarts) * std``: k-means
+    on std-whitened (w, h) from ``restarts`` random draws of k boxes, keeping the lowest
+    mean distance (fixed ``iterations`` Lloyd steps per start instead of a tolerance)."""
+    total = jnp.maximum(weights.sum(), 1)
+    mean = (wh * weights[:, None]).sum(0) / total  # [2]
+    std = jnp.sqrt((((wh - mean) ** 2) * weights[:, None]).sum(0) / total)  # numpy std, ddof 0
+    x = wh / std
+    p = weights / total
+
+    def run(key):
+        start = jax.random.choice(key, wh.shape[0], (k,), replace=False, p=p)
+        return _lloyd(x, weights, x[start], iterations)
+
+    # lax.map runs the starts one after another: faster on CPU than vmap here.
+    centres, distortion = jax.lax.map(run, jax.random.split(key, restarts))
+    return centres[jnp.argmin(distortion)] * std
+
+
+def autoanchor(wh: ArrayLike, num_anchors: int = 9, *, key: jax.Array, thr: float = 4.0,
+               generations: int = 1000, mutation_prob: float = 0.9, sigma: float = 0.1,
+               population: int = 1, kmeans_restarts: int = 30, kmeans_iterations: int = 20,
+               init: str = "whitened",
+               mask: ArrayLike | None = None) -> AnchorFit:
+    """YOLOv5 ``kmean_anchors``: fit ``num_anchors`` anchors to box sizes ``wh [N, 2]`` pixels.
+
+    Boxes with both sides < 2 px are left out of the fit (not of BPR / AAT); the start is
+    k-means on std-whitened (w, h), best of ``kmeans_restarts`` starts (``init="whitened"``,
+    YOLOv5's ``scipy.cluster.vq.kmeans(..., iter=30)``) or :func:`kmeans_anchors`
+    (``init="iou"``, ``kmeans_iterations`` steps); then :func:`evolve_anchors` (1000
+    generations, mutation probability 0.9, sigma 0.1). Jittable with the ints and ``init``
+    static. Returns an :class:`AnchorFit`.
+    """
+    wh = _as_wh(wh)
+    weights = _weights(wh, mask)
+    fit_w = weights * (wh >= 2.0).any(1)
+    if init not in ("whitened", "iou"):
+        raise ValueError(f"init must be 'whitened' or 'iou', got {init!r}")
+    k_init, k_evolve = jax.random.split(key)
+    if init == "iou":
+        start = kmeans_anchors(wh, num_anchors, key=k_init, iterations=kmeans_iterations,
+                               mask=fit_w)
+    else:
+        start = _whitened_kmeans(wh, fit_w, num_anchors, k_init, kmeans_restarts,
+                                 kmeans_iterations)
+    anchors, fitness = evolve_anchors(start, wh, key=k_evolve, generations=generations,
+                                      mutation_prob=mutation_prob, sigma=sigma, thr=thr,
+                                      population=population, mask=fit_w)
+    return AnchorFit(anchors, fitness, best_possible_recall(anchors, wh, thr=thr, mask=mask),
+                     anchors_above_threshold(anchors, wh, thr=thr, mask=mask),
+                     mean_best_iou(anchors, wh, mask))

@@ -62,6 +62,8 @@ class LoaderConfig:
       seed: the seed of everything random.
       on_error: "raise" on a bad image, or "skip" (substitute the next image, report it).
       use_masks: load instance masks (tight boxes under geometric ops, copy-paste).
+      pipeline: explicit op specs (names or (name, params) pairs, see ``ops.OPS``) that
+        replace ``aug.ops()`` when augmenting; the output is letterboxed to the batch size.
     """
 
     batch_size: int = 16
@@ -78,6 +80,7 @@ class LoaderConfig:
     seed: int = 0
     on_error: Literal["raise", "skip"] = "raise"
     use_masks: bool = True
+    pipeline: tuple[Any, ...] | None = None
 
     def validate(self) -> None:
         for s in (self.image_size, *self.multi_scale):
@@ -171,7 +174,9 @@ class _BatchMaker:
         self.indices = indices
         aug = config.aug
         self.mosaic_on = epoch < config.epochs - aug.close_mosaic
-        self.ops = build_ops(aug.ops(mosaic_on=self.mosaic_on)) if config.augment else []
+        specs = config.pipeline if config.pipeline is not None else \
+            aug.ops(mosaic_on=self.mosaic_on)
+        self.ops = build_ops(specs) if config.augment else []
 
     def load(self, i: int, problems: list[str]) -> tuple[int, T.Sample]:
         """Loads record i; with on_error="skip", the next loadable record instead."""

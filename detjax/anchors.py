@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -340,3 +343,104 @@ def autoanchor(wh: ArrayLike, num_anchors: int = 9, *, key: jax.Array, thr: floa
     return AnchorFit(anchors, fitness, best_possible_recall(anchors, wh, thr=thr, mask=mask),
                      anchors_above_threshold(anchors, wh, thr=thr, mask=mask),
                      mean_best_iou(anchors, wh, mask))
+
+
+# ----------------------------------------------------------------------------------------
+# `detjax anchors` command
+# ----------------------------------------------------------------------------------------
+
+
+def load_box_sizes(source: str, *, format: str | None = None, split: str = "train",
+                   img_size: int = 640) -> np.ndarray:
+    """Box sizes ``[N, 2]`` (w, h) float32 from ``source``.
+
+    ``.npy`` / ``.txt`` files hold ``[N, 2]`` (w, h) or ``[N, 4]`` xyxy boxes, used as they
+    are. A data set (``format`` ``coco``, ``yolo`` or ``voc``; read by
+    :func:`detjax.data.load_dataset`) is rescaled per image so that its longer side is
+    ``img_size``, as YOLOv5 ``kmean_anchors``.
+    """
+    path = Path(source)
+    if format in (None, "npy", "txt") and path.suffix in (".npy", ".txt"):
+        arr = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
+        arr = np.asarray(arr, np.float32)
+        if arr.ndim != 2 or arr.shape[1] not in (2, 4):
+            raise ValueError(f"{source}: expected an [N, 2] (w, h) or [N, 4] xyxy array, "
+                             f"got shape {arr.shape}")
+        return arr if arr.shape[1] == 2 else arr[:, 2:] - arr[:, :2]
+    if format not in ("coco", "yolo", "voc"):
+        raise ValueError(f"{source}: give a .npy/.txt array or --format coco|yolo|voc, "
+                         f"got format {format!r}")
+    from detjax.data import load_dataset
+
+    ds = load_dataset(str(source), format=format, split=split)
+    sizes = []
+    for i in range(len(ds)):
+        rec = ds[i]
+        boxes = np.asarray(rec.boxes, np.float32).reshape(-1, 4)
+        sizes.append((boxes[:, 2:] - boxes[:, :2]) * (img_size / max(rec.image_size)))
+    return np.concatenate(sizes) if sizes else np.zeros((0, 2), np.float32)
+
+
+def plot_anchors(wh: np.ndarray, anchors: np.ndarray, path: str) -> None:
+    """Scatter of box sizes (log axes) with the anchors marked, saved as PNG (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6), tight_layout=True)
+    ax.scatter(wh[:, 0], wh[:, 1], s=2, alpha=0.3, label=f"boxes ({len(wh)})")
+    ax.scatter(anchors[:, 0], anchors[:, 1], s=80, c="red", marker="x",
+               label=f"anchors ({len(anchors)})")
+    ax.set(xscale="log", yscale="log", xlabel="width (px)", ylabel="height (px)")
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="detjax anchors",
+        description="Fit anchors to box sizes (YOLOv5 autoanchor: k-means + genetic evolution) "
+                    "and report BPR and mean IoU.")
+    p.add_argument("source", help=".npy/.txt array of (w, h) or xyxy boxes, or a data set path")
+    p.add_argument("--format", choices=("npy", "txt", "coco", "yolo", "voc"), default=None)
+    p.add_argument("--split", default="train", help="data set split (coco/yolo/voc)")
+    p.add_argument("-n", "--num-anchors", type=int, default=9)
+    p.add_argument("--img-size", type=int, default=640, help="longer image side (data sets)")
+    p.add_argument("--thr", type=float, default=4.0, help="anchor_t: max box/anchor side ratio")
+    p.add_argument("--generations", type=int, default=1000)
+    p.add_argument("--population", type=int, default=1, help="mutants per generation")
+    p.add_argument("--init", choices=("whitened", "iou"), default="whitened")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, metavar="PNG", help="save a (w, h) scatter here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``detjax anchors SOURCE [options]``: prints anchors, fitness, BPR, AAT and mean IoU."""
+    args = _parser().parse_args(argv)
+    try:
+        wh = load_box_sizes(args.source, format=args.format, split=args.split,
+                            img_size=args.img_size)
+    except (OSError, ValueError) as e:
+        print(f"detjax anchors: {e}", file=sys.stderr)
+        return 2
+    wh = wh[(wh > 0).all(1)]
+    if len(wh) < args.num_anchors:
+        print(f"detjax anchors: need at least {args.num_anchors} boxes, got {len(wh)}",
+              file=sys.stderr)
+        return 2
+    fit = jax.jit(autoanchor, static_argnames=("num_anchors", "generations", "population",
+                                               "init"))
+    r = fit(wh, args.num_anchors, key=jax.random.key(args.seed), thr=args.thr,
+            generations=args.generations, population=args.population, init=args.init)
+    anchors = np.asarray(r.anchors)
+    print(f"{len(wh)} boxes, {args.num_anchors} anchors (w, h), thr {args.thr}:")
+    print("  " + ",  ".join(f"{w:.0f},{h:.0f}" for w, h in anchors))
+    print(f"fitness {float(r.fitness):.4f}  BPR {float(r.bpr):.4f}  "
+          f"anchors/target {float(r.aat):.2f}  mean IoU {float(r.mean_iou):.4f}")
+    if args.plot:
+        plot_anchors(wh, anchors, args.plot)
+        print(f"plot: {args.plot}")
+    return 0

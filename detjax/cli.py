@@ -15,6 +15,7 @@ import sys
 # name -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("detjax.demo:main", "IoU + NMS on generated detector-like candidates"),
+    "anchors": ("detjax.anchors:main", "fit anchors to box sizes: detjax anchors BOXES.npy|DATA"),
     "val": ("detjax.eval.cli:val_main", "COCO mAP of a trained run: detjax val RUN_DIR"),
     "predict": ("detjax.infer.cli:predict_main", "draw boxes: detjax predict RUN_DIR SOURCE"),
 }

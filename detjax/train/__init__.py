@@ -1,0 +1,37 @@
+"""Training: state, optimiser recipe, EMA, pure train step (single / pmap / sharded), checkpoints
+and the ``train_and_evaluate`` loop behind ``detjax train``.
+
+Names resolve lazily, so ``import detjax.train`` does no work.
+"""
+
+import importlib as _importlib
+
+_LAZY = {
+    "train_and_evaluate": "detjax.train.loop",
+    "evaluate": "detjax.train.loop",
+    "TrainState": "detjax.train.state",
+    "StepConfig": "detjax.train.state",
+    "create_train_state": "detjax.train.state",
+    "ema_model": "detjax.train.state",
+    "train_step": "detjax.train.step",
+    "eval_forward": "detjax.train.step",
+    "jit_train_step": "detjax.train.step",
+    "pmap_train_step": "detjax.train.step",
+    "sharded_train_step": "detjax.train.step",
+    "OptimConfig": "detjax.train.optim",
+    "schedule": "detjax.train.optim",
+    "ema_update": "detjax.train.ema",
+    "ema_decay": "detjax.train.ema",
+    "Checkpointer": "detjax.train.checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'detjax.train' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

@@ -1,0 +1,137 @@
+"""The train state pytree: params, BN statistics, optimiser state, EMA copies, counters.
+
+Contract (TRAIN helper, issue 6): ``TrainState`` holds ``params`` (float32 master weights,
+``nnx.Param`` leaves), ``batch_stats`` (``nnx.BatchStat``), ``other`` (any remaining NNX state,
+e.g. RNG counters), ``opt_state``, ``grad_accum`` (summed gradient of the micro-batches since
+the last optimiser step, ``None`` when every iteration is an optimiser step), ``ema_params`` /
+``ema_stats`` and the counters ``step`` (optimiser steps = EMA updates), ``iteration``
+(micro-batches seen, ultralytics ``ni``) and ``last_opt_step``, the float16 dynamic
+loss-scale state, and ``epochs`` (the schedule length; the loop may shorten it to a time limit
+without recompiling). Static parts (the two NNX graph definitions, train and eval mode, and the
+``StepConfig``) are pytree metadata, so ``train_step(state, batch)`` jits with no extra args.
+
+A model follows the MODELS contract: an ``nnx.Module`` with ``__call__(images)`` -> raw head
+outputs, ``loss(outputs, batch, **hyp) -> (scalar, dict)``, ``predict(outputs) -> [B, 4+C, A]``
+and ``train()`` / ``eval()`` modes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from detjax.train import optim
+
+Precision = Literal["f32", "bf16", "f16"]
+_PRECISIONS = ("f32", "bf16", "f16")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static settings of the train step (hashable).
+
+    ``loss_hyp`` are keyword arguments for ``model.loss`` as a tuple of pairs;
+    ``loss_times_batch`` multiplies the differentiated loss by the global batch size, as
+    ultralytics' detection loss does (``loss.sum() * batch_size``), so ``lr0`` keeps its meaning.
+    """
+
+    optim: optim.OptimConfig
+    precision: Precision = "f32"
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0
+    loss_hyp: tuple[tuple[str, Any], ...] = ()
+    loss_times_batch: bool = True
+    init_loss_scale: float = 2.0 ** 16
+    loss_scale_growth_interval: int = 2000
+
+    def __post_init__(self):
+        if self.precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {self.precision!r}")
+
+    @property
+    def compute_dtype(self):
+        return {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16}[self.precision]
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any
+    batch_stats: Any
+    other: Any
+    opt_state: Any
+    grad_accum: Any
+    ema_params: Any
+    ema_stats: Any
+    step: jax.Array
+    iteration: jax.Array
+    last_opt_step: jax.Array
+    loss_scale: jax.Array
+    good_steps: jax.Array
+    epochs: jax.Array
+    graphdef: Any = flax.struct.field(pytree_node=False)
+    eval_graphdef: Any = flax.struct.field(pytree_node=False)
+    config: StepConfig = flax.struct.field(pytree_node=False)
+
+
+def _set_mode(model: nnx.Module, train: bool) -> None:
+    (model.train if train else model.eval)()
+
+
+def split_model(model: nnx.Module):
+    """``(train graphdef, eval graphdef, params, batch_stats, other)`` of an NNX model."""
+    _set_mode(model, train=False)
+    eval_graphdef, *_ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    _set_mode(model, train=True)
+    graphdef, params, stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    return graphdef, eval_graphdef, params, stats, other
+
+
+def create_train_state(model: nnx.Module, config: StepConfig) -> TrainState:
+    """Initial state: EMA = copy of the model, zero optimiser state, counters at 0."""
+    graphdef, eval_graphdef, params, stats, other = split_model(model)
+    copy = lambda t: jax.tree.map(jnp.array, t)
+    accumulates = config.optim.accumulate > 1
+    return TrainState(
+        params=params, batch_stats=stats, other=other,
+        opt_state=optim.init(params, config.optim),
+        grad_accum=jax.tree.map(jnp.zeros_like, params) if accumulates else None,
+        ema_params=copy(params), ema_stats=copy(stats),
+        step=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
+        last_opt_step=jnp.full((), -1, jnp.int32),
+        loss_scale=jnp.asarray(config.init_loss_scale if config.precision == "f16" else 1.0,
+                               jnp.float32),
+        good_steps=jnp.zeros((), jnp.int32),
+        epochs=jnp.asarray(config.optim.epochs, jnp.int32),
+        graphdef=graphdef, eval_graphdef=eval_graphdef, config=config)
+
+
+def with_batchnorm_axis(state: TrainState, axis_name: str | None) -> TrainState:
+    """The same state whose BatchNorm layers reduce statistics over ``axis_name`` (pmap sync BN).
+
+    Under ``jax.pmap`` each device sees only its shard; naming the mapped axis makes
+    ``nnx.BatchNorm`` average mean and variance across devices, so statistics (and results)
+    equal a single device on the global batch. The sharded ``jit`` path needs no change.
+    """
+    graphdefs = []
+    for graphdef in (state.graphdef, state.eval_graphdef):
+        model = nnx.merge(graphdef, state.params, state.batch_stats, state.other)
+        for _, module in model.iter_modules():
+            if isinstance(module, nnx.BatchNorm):
+                module.axis_name = axis_name
+        graphdefs.append(nnx.split(model, nnx.Param, nnx.BatchStat, ...)[0])
+    return state.replace(graphdef=graphdefs[0], eval_graphdef=graphdefs[1])
+
+
+def ema_model(state: TrainState) -> nnx.Module:
+    """The EMA weights as an NNX model in eval mode (for export, inference, checkpoints)."""
+    return nnx.merge(state.eval_graphdef, state.ema_params, state.ema_stats, state.other)
+
+
+def train_model(state: TrainState) -> nnx.Module:
+    """The raw (non-EMA) weights as an NNX model in train mode."""
+    return nnx.merge(state.graphdef, state.params, state.batch_stats, state.other)

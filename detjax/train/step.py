@@ -1,0 +1,248 @@
+"""Pure ``train_step(state, batch) -> (state, metrics)`` and ``eval_forward(state, images)``,
+with three ways to run them data parallel.
+
+Batch (DATA contract): ``images`` uint8 (or float in 0..1) ``[B, H, W, 3]``, ``boxes`` float32
+``[B, max_boxes, 4]`` xyxy pixels, ``labels`` int32 ``[B, max_boxes]``, ``gt_mask`` bool
+``[B, max_boxes]``; any other keys pass through to ``model.loss``.
+
+One call is one ultralytics iteration ``ni``: forward + backward on the batch, gradient added
+to the accumulator, and an optimiser step (clip, SGD/AdamW, EMA update) when
+``ni - last_opt_step >= accumulate(ni)`` (``optim.schedule``). BN statistics update every
+iteration; the EMA covers weights and BN statistics.
+
+Precision (``StepConfig.precision``): ``f32``; ``bf16`` casts weights and images to bfloat16
+for the forward/backward while the master weights, optimiser, EMA and loss stay float32 (the
+TPU path); ``f16`` does the same in float16 with dynamic loss scaling (torch ``GradScaler``:
+scale 2**16, halved and the step skipped on a non-finite gradient, doubled after 2000 good steps).
+
+Parallelism, all on the same global batch and equal to one device:
+- single device: ``jax.jit(train_step)``;
+- ``pmap_train_step``: ``jax.pmap`` with gradients ``pmean``-ed and BatchNorm statistics synced
+  over the mapped axis (``state.with_batchnorm_axis``); state replicated with ``replicate``;
+- ``sharded_train_step``: ``jax.jit`` over a ``Mesh`` with the batch ``NamedSharding``-ed along
+  ``data`` and the state replicated (multi-host: call ``jax.distributed.initialize()`` first and
+  build global batches with ``global_batch``).
+A loss normalised inside the batch (ultralytics divides by the batch's ``target_scores_sum``)
+equals the single-device value exactly on the ``jit`` path; under ``pmap`` each device
+normalises its own shard, as ultralytics DDP does.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from detjax.train import ema as ema_lib
+from detjax.train import optim
+from detjax.train.state import TrainState, with_batchnorm_axis
+
+
+def images_to_float(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """uint8 ``[B, H, W, 3]`` -> ``dtype`` in 0..1; float input is only cast."""
+    if images.dtype == jnp.uint8:
+        return images.astype(dtype) / jnp.asarray(255.0, dtype)
+    return images.astype(dtype)
+
+
+def _cast_floating(tree, dtype):
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    return jax.tree.map(cast, tree)
+
+
+def _loss_fn(params, state: TrainState, batch: dict, loss_scale, global_batch: int):
+    cfg = state.config
+    dtype = cfg.compute_dtype
+    model = nnx.merge(state.graphdef, _cast_floating(params, dtype), state.batch_stats,
+                      state.other, copy=True)
+    outputs = model(images_to_float(batch["images"], dtype))
+    outputs = _cast_floating(outputs, jnp.float32)
+    loss, components = model.loss(outputs, batch, **dict(cfg.loss_hyp))
+    loss = loss.astype(jnp.float32)
+    _, _, new_stats, new_other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, state.batch_stats)
+    scaled = loss * (global_batch if cfg.loss_times_batch else 1.0) * loss_scale
+    aux = (loss, components, new_stats, new_other)
+    return scaled, aux
+
+
+def _tree_where(cond, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One iteration (see the module docstring). Pure; jit it, or use the parallel wrappers.
+
+    ``axis_name``: the mapped axis under ``jax.pmap`` (gradients and metrics are averaged over
+    it); ``None`` on one device or with sharded ``jit``.
+    """
+    cfg = state.config
+    n_dev = 1 if axis_name is None else jax.lax.psum(1, axis_name)
+    global_batch = batch["images"].shape[0] * n_dev
+    grad_fn = jax.grad(_loss_fn, has_aux=True)
+    grads, (loss, components, new_stats, new_other) = grad_fn(
+        state.params, state, batch, state.loss_scale, global_batch)
+    grads = jax.tree.map(lambda g: g.astype(jnp.float32) / state.loss_scale, grads)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        loss, components = jax.lax.pmean((loss, components), axis_name)
+
+    ni = state.iteration
+    hyper = optim.schedule(ni, cfg.optim, epochs=state.epochs)
+    total = grads if state.grad_accum is None else jax.tree.map(jnp.add, state.grad_accum, grads)
+    do_step = (ni - state.last_opt_step) >= hyper.accumulate
+    finite = _all_finite(total) if cfg.precision == "f16" else jnp.asarray(True)
+    new_params, new_opt, grad_norm = optim.apply_update(
+        total, state.opt_state, state.params, hyper, cfg.optim)
+    apply = do_step & finite
+    params = _tree_where(apply, new_params, state.params)
+    opt_state = _tree_where(apply, new_opt, state.opt_state)
+    grad_accum = None
+    if state.grad_accum is not None:
+        grad_accum = jax.tree.map(lambda t: jnp.where(do_step, jnp.zeros_like(t), t), total)
+
+    step = state.step + do_step.astype(jnp.int32)  # ultralytics updates the EMA on every step
+    ema_params = ema_lib.ema_update(state.ema_params, params, step, decay=cfg.ema_decay,
+                                    tau=cfg.ema_tau)
+    ema_stats = ema_lib.ema_update(state.ema_stats, new_stats, step, decay=cfg.ema_decay,
+                                   tau=cfg.ema_tau)
+    ema_params = _tree_where(do_step, ema_params, state.ema_params)
+    ema_stats = _tree_where(do_step, ema_stats, state.ema_stats)
+
+    loss_scale, good_steps = state.loss_scale, state.good_steps
+    if cfg.precision == "f16":
+        grow = do_step & finite & (good_steps + 1 >= cfg.loss_scale_growth_interval)
+        loss_scale = jnp.where(do_step & ~finite, loss_scale * 0.5,
+                               jnp.where(grow, loss_scale * 2.0, loss_scale))
+        good_steps = jnp.where(do_step, jnp.where(finite & ~grow, good_steps + 1, 0), good_steps)
+
+    new_state = state.replace(
+        params=params, batch_stats=new_stats, other=new_other, opt_state=opt_state,
+        grad_accum=grad_accum, ema_params=ema_params, ema_stats=ema_stats, step=step,
+        iteration=ni + 1, last_opt_step=jnp.where(do_step, ni, state.last_opt_step),
+        loss_scale=loss_scale, good_steps=good_steps)
+    metrics = {"loss": loss, **{k: jnp.asarray(v, jnp.float32) for k, v in components.items()},
+               "lr": hyper.lr_weight, "lr_bias": hyper.lr_bias, "momentum": hyper.momentum,
+               "grad_norm": grad_norm, "optimizer_step": do_step, "finite": finite,
+               "loss_scale": state.loss_scale}
+    return new_state, metrics
+
+
+def eval_forward(state: TrainState, images: jax.Array, *, use_ema: bool = True) -> jax.Array:
+    """EMA (or raw) weights in eval mode: images ``[B, H, W, 3]`` -> ``[B, 4 + C, A]`` xywh px."""
+    params = state.ema_params if use_ema else state.params
+    stats = state.ema_stats if use_ema else state.batch_stats
+    model = nnx.merge(state.eval_graphdef, params, stats, state.other)
+    dtype = state.config.compute_dtype
+    outputs = model(images_to_float(images, dtype))
+    return model.predict(_cast_floating(outputs, jnp.float32))
+
+
+# ----------------------------------------------------------------------------- jit wrappers
+
+
+@functools.cache
+def _jitted_step():
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def jit_train_step(state: TrainState, batch: dict):
+    """``jax.jit(train_step)`` with the state donated (single device)."""
+    return _jitted_step()(state, batch)
+
+
+jit_eval_forward = jax.jit(eval_forward, static_argnames="use_ema")
+
+
+# ----------------------------------------------------------------------------- pmap
+
+
+def replicate(tree: Any, devices=None) -> Any:
+    """Stacks ``tree`` once per local device (the pmap state layout)."""
+    devices = devices or jax.local_devices()
+    return jax.device_put_replicated(tree, devices)
+
+
+def unreplicate(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def shard_batch(batch: dict, n_devices: int | None = None) -> dict:
+    """``[B, ...]`` -> ``[n_devices, B // n_devices, ...]`` for pmap."""
+    n = n_devices or jax.local_device_count()
+
+    def split(x):
+        if x.shape[0] % n:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by {n} devices")
+        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+AXIS = "batch"
+
+
+def prepare_pmap_state(state: TrainState) -> TrainState:
+    """Sync BatchNorm over the pmap axis, then replicate over local devices."""
+    return replicate(with_batchnorm_axis(state, AXIS))
+
+
+@functools.cache
+def _pmapped_step():
+    return jax.pmap(functools.partial(train_step, axis_name=AXIS), axis_name=AXIS,
+                    donate_argnums=0)
+
+
+def pmap_train_step(state: TrainState, batch: dict):
+    """``jax.pmap`` data parallel step: ``state`` from ``prepare_pmap_state``, batch from
+    ``shard_batch``; metrics come back per device (identical after ``pmean``)."""
+    return _pmapped_step()(state, batch)
+
+
+# ----------------------------------------------------------------------------- sharded jit
+
+
+def make_mesh(devices=None, axis: str = "data") -> Mesh:
+    """A 1-D mesh over all (global) devices for data parallelism."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices.reshape(-1), (axis,))
+
+
+def replicate_on_mesh(tree: Any, mesh: Mesh) -> Any:
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def global_batch(batch: dict, mesh: Mesh, axis: str = "data") -> dict:
+    """Host batch -> global ``jax.Array`` sharded along ``axis`` on dimension 0.
+
+    Single process: ``device_put`` of the whole batch. Multi-host (after
+    ``jax.distributed.initialize()``): each process passes its local slice and
+    ``jax.make_array_from_process_local_data`` assembles the global array.
+    """
+    sharding = NamedSharding(mesh, P(axis))
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+@functools.cache
+def _sharded_step(mesh: Mesh, axis: str):
+    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))
+    return jax.jit(train_step, in_shardings=(replicated, data),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def sharded_train_step(state: TrainState, batch: dict, mesh: Mesh, axis: str = "data"):
+    """``jax.jit`` with ``NamedSharding``: state replicated, batch split along ``axis``."""
+    return _sharded_step(mesh, axis)(state, batch)

@@ -34,7 +34,7 @@ from detjax.data import (
 )
 from detjax.data.transforms import albu_color, albu_geometric, box_candidates
 
-THRESH = 170  # above the 114 pad value and the HSV-dimmed 255
+THRESH = 140  # above the 114 pad value, below 255 dimmed by HSV (v gain 0.4 -> 153)
 
 
 def painted(h=96, w=128, objects=(((10, 12, 50, 40), 0, "rect"), ((70, 50, 110, 86), 1,
@@ -68,11 +68,13 @@ def check_consistent(s: Sample, *, tol: float = 1.5, tight: bool = True,
         np.testing.assert_array_equal(s.boxes, exact)
         assert (counts > 0).all()
     for c in (0, 1):
-        bright = (s.image[..., c] > THRESH) & (s.image[..., 1 - c] < 60)
+        img = s.image.astype(np.int32)
+        bright = (img[..., c] > THRESH) & (img[..., c] - img[..., 1 - c] > 30)
         ys, xs = np.nonzero(bright)
         own = s.boxes[s.labels == c]
         if enclose and len(ys):
-            inside = ((xs[:, None] + 1 > own[None, :, 0] - tol) & (xs[:, None] < own[None, :, 2] + tol)
+            inside = ((xs[:, None] + 1 > own[None, :, 0] - tol)
+                      & (xs[:, None] < own[None, :, 2] + tol)
                       & (ys[:, None] + 1 > own[None, :, 1] - tol)
                       & (ys[:, None] < own[None, :, 3] + tol)).any(1)
             assert inside.all(), f"channel {c}: {int((~inside).sum())} bright pixels outside boxes"
@@ -82,8 +84,8 @@ def check_consistent(s: Sample, *, tol: float = 1.5, tight: bool = True,
                       (ys < b[3] + tol)
                 assert sel.any(), f"box {b} of class {c} holds no pixel of its object"
                 px, py = xs[sel], ys[sel]
-                assert px.min() <= b[0] + tol and px.max() + 1 >= b[2] - tol, (b, px.min(), px.max())
-                assert py.min() <= b[1] + tol and py.max() + 1 >= b[3] - tol, (b, py.min(), py.max())
+                assert px.min() <= b[0] + tol and px.max() + 1 >= b[2] - tol, (b, px.min())
+                assert py.min() <= b[1] + tol and py.max() + 1 >= b[3] - tol, (b, py.min())
 
 
 def rng(seed=0):
@@ -191,7 +193,7 @@ def test_hsv_parity_with_ultralytics():
     from ultralytics.data.augment import RandomHSV
 
     img = np.random.default_rng(2).integers(0, 256, (16, 16, 3)).astype(np.uint8)
-    np.random.seed(7)
+    np.random.seed(7)  # noqa: NPY002 (ultralytics draws from the global generator)
     ref = {"img": img[..., ::-1].copy()}  # ultralytics works in BGR
     RandomHSV(0.015, 0.7, 0.4)(ref)
     ours = random_hsv(Sample(img, np.zeros((0, 4)), np.zeros(0)),
@@ -346,9 +348,47 @@ def test_registered_ops_directly(name):
     np.testing.assert_array_equal(out.image, same.image)
     # mixup blends two images (channel test void), mosaic output needs the affine crop
     if name != "mixup":
-        check_consistent(out, tol=1.5, enclose=name not in ("mosaic", "affine", "albu_geometric", "cutout"))
+        cropping = ("mosaic", "affine", "albu_geometric", "cutout")  # may drop slivers
+        check_consistent(out, tol=1.5, enclose=name not in cropping)
 
 
 def test_get_op_unknown_name_hint():
     with pytest.raises(ValueError, match="Did you mean 'mosaic'"):
         get_op("mosiac")
+
+
+# ----------------------------------------------------------------------------- in the loader
+
+@pytest.fixture(scope="module")
+def painted_dataset(tmp_path_factory):
+    """A 6-image data set on disk (PNG, lossless) with instance-map masks."""
+    from detjax.data import DetectionDataset, Record
+
+    root = tmp_path_factory.mktemp("painted")
+    records = []
+    layouts = [(((8, 8, 40, 30), 0, "rect"), ((60, 40, 100, 80), 1, "disc")),
+               (((20, 30, 90, 60), 1, "rect"),), (((5, 50, 30, 90), 0, "disc"),
+                                                  ((70, 10, 120, 40), 1, "rect"))]
+    for i in range(6):
+        s = painted(objects=layouts[i % 3])
+        ip, mp = str(root / f"im{i}.png"), str(root / f"mask{i}.png")
+        cv2.imwrite(ip, s.image[..., ::-1])
+        cv2.imwrite(mp, s.instance_map.astype(np.uint8))
+        records.append(Record(ip, s.size, s.boxes, s.labels, mask_path=mp))
+    return DetectionDataset(records, ["red", "green"])
+
+
+@pytest.mark.parametrize("name", sorted(OP_CASES))
+def test_registered_ops_inside_loader(painted_dataset, name):
+    from detjax.data import Loader
+
+    loader = Loader(painted_dataset, batch_size=3, image_size=128, max_boxes=12,
+                    pipeline=((name, OP_CASES[name]),))
+    for batch in loader.epoch():
+        for j in range(3):
+            m = batch["gt_mask"][j]
+            s = Sample(batch["images"][j], batch["boxes"][j][m], batch["labels"][j][m])
+            assert not batch["gt_mask"][j][m.sum():].any()
+            if name != "mixup":
+                # two resamplings here (data set -> letterbox -> op): ~1 px each
+                check_consistent(s, tol=2.5, enclose=name in ("letterbox", "hflip", "hsv"))

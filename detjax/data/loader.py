@@ -178,13 +178,14 @@ class _BatchMaker:
             aug.ops(mosaic_on=self.mosaic_on)
         self.ops = build_ops(specs) if config.augment else []
 
-    def load(self, i: int, problems: list[str]) -> tuple[int, T.Sample]:
+    def load(self, i: int, problems: list[str], masks: bool = True) -> tuple[int, T.Sample]:
         """Loads record i; with on_error="skip", the next loadable record instead."""
         n = len(self.records)
         for k in range(min(n, 50)):
             j = (i + k) % n
             try:
-                return j, load_sample(self.records[j], use_masks=self.config.use_masks)
+                return j, load_sample(self.records[j],
+                                      use_masks=masks and self.config.use_masks)
             except DataError as e:
                 if self.config.on_error == "raise":
                     raise
@@ -200,9 +201,9 @@ class _BatchMaker:
 
     def sample(self, position: int, size: int, problems: list[str]):
         cfg = self.config
-        idx, smp = self.load(int(self.indices[position]), problems)
+        idx, smp = self.load(int(self.indices[position]), problems, cfg.augment)
         orig = smp.size
-        if not cfg.augment:
+        if not cfg.augment:  # eval: boxes scaled exactly (no mask re-fit), see scale/pad
             smp, scale, pad = T.letterbox(smp, size)
             return idx, smp, orig, scale, pad
         rng = np.random.default_rng([cfg.seed, self.epoch, position])
@@ -263,6 +264,7 @@ class Loader:
         if config.repeat_threshold is not None:
             self._factors = repeat_factors([r.labels for r in dataset], dataset.num_classes,
                                            threshold=config.repeat_threshold)
+        self.batch_maker(0)  # builds the ops: bad op names or parameters fail here
         self._check_max_boxes()
 
     def _check_max_boxes(self) -> None:

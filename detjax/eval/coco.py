@@ -308,8 +308,8 @@ def _accumulate_class(matched: np.ndarray, ignored: np.ndarray, rank: np.ndarray
     num_m, num_r = len(max_dets), len(rec_thr)
     included = rank[None, :] < np.asarray(max_dets)[:, None]  # [M, N]
     live = ~ignored[:, None] & included[None, :, None]  # [A, M, T, N]
-    tp = np.cumsum(matched[:, None] & live, axis=-1)
-    fp = np.cumsum(~matched[:, None] & live, axis=-1)
+    tp = np.cumsum(matched[:, None] & live, axis=-1, dtype=np.int32)
+    fp = np.cumsum(~matched[:, None] & live, axis=-1, dtype=np.int32)
     precision = np.zeros((num_a, num_m, num_t, num_r))
     score_out = np.zeros_like(precision)
     recall = np.zeros((num_a, num_m, num_t))
@@ -455,13 +455,14 @@ def coco_evaluate(detections: Sequence[Any], ground_truths: Sequence[Any], *,
     # all classes, each sorted by -score with images in order (pycocotools' mergesort)
     order = np.lexsort((dets["rank"], dets["images"], -dets["scores"], dets["labels"]))
     bounds = np.searchsorted(dets["labels"][order], np.arange(k + 1))
+    matched, det_ignored = matched[:, :, order], det_ignored[:, :, order]
+    rank, det_scores = dets["rank"][order], dets["scores"][order]
     for c in range(k):
         if not npig[c].any():
             continue
-        sel = order[bounds[c]:bounds[c + 1]]
-        p, r, s = _accumulate_class(matched[:, :, sel], det_ignored[:, :, sel],
-                                    dets["rank"][sel], dets["scores"][sel], npig[c],
-                                    max_dets, rec_thr)
+        sel = slice(bounds[c], bounds[c + 1])
+        p, r, s = _accumulate_class(matched[:, :, sel], det_ignored[:, :, sel], rank[sel],
+                                    det_scores[sel], npig[c], max_dets, rec_thr)
         precision[:, :, c], recall[:, c], scores[:, :, c] = p, r, s
 
     result: dict[str, Any] = _summarize(precision, recall, thresholds, max_dets)

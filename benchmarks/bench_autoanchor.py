@@ -44,8 +44,9 @@ def load_yolov5(path: str):
         stub.__spec__ = importlib.machinery.ModuleSpec("pandas", None)
         sys.modules["pandas"] = stub
     from utils.autoanchor import kmean_anchors  # type: ignore[import-not-found]
+    from utils.general import LOGGER  # type: ignore[import-not-found]
 
-    logging.getLogger("yolov5").setLevel(logging.ERROR)  # its per-run info lines
+    LOGGER.setLevel(logging.ERROR)  # its per-run info lines
 
     return kmean_anchors
 
@@ -110,8 +111,8 @@ def main() -> None:
         rows.append(("yolov5 kmean_anchors", float(np.median(times)), fits, bprs, ious))
     else:
         print("no --yolov5 checkout given: peer row skipped")
-    print("ratio = median time / median time of the row; fitness as YOLOv5 anchor_fitness on the "
-          "same filtered boxes")
+    print("yolov5/this = YOLOv5 median time / the row's median time; fitness is YOLOv5's "
+          "anchor_fitness on the same boxes (>= 2 px), over --reps seeds")
     print(f"{'implementation':28s} {'median s':>9s} {'yolov5/this':>11s} {'mean fit':>9s} "
           f"{'min fit':>8s} {'BPR':>7s} {'mean IoU':>8s}")
     peer = rows[-1][1] if args.yolov5 else float("nan")

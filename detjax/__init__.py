@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = frozenset({
     "anchors", "assign", "boxes", "cli", "coders", "compress", "data", "eval", "infer",
-    "losses", "models", "nms", "train", "tune",
+    "losses", "models", "nms", "plots", "train", "tune",
 })
 
 # Top-level names that live in submodules, resolved on first access.

@@ -400,3 +400,18 @@ def test_zero_area_boxes_match_pycocotools():
     gts = [(boxes, np.array([0, 1, 1]))]
     res, _ = assert_matches_pycocotools(dets, gts, 2)
     assert res["per_class_ap"][0] == 0.0  # a zero-area box never overlaps anything
+
+
+@pytest.mark.slow
+@pytest.mark.peers
+def test_randomized_sweep_matches_pycocotools():
+    """150 random configurations (images, classes, crowd rate, score ties, empties)."""
+    rng = np.random.default_rng(123)
+    for seed in range(150):
+        kw = dict(num_images=int(rng.integers(1, 8)), num_classes=int(rng.integers(1, 5)),
+                  max_gt=int(rng.integers(0, 10)), crowd_p=float(rng.choice([0, 0.1, 0.4])),
+                  quantize=[None, 2, 10][seed % 3], empty_p=float(rng.choice([0, 0.3])),
+                  fp=int(rng.integers(0, 20)))
+        dets, gts = random_case(seed, **kw)
+        if sum(len(d[0]) for d in dets):  # pycocotools' loadRes cannot take zero results
+            assert_matches_pycocotools(dets, gts, kw["num_classes"])

@@ -25,7 +25,9 @@ def make_case(seed, batch=3, nc=4, imgsz=64, counts=(3, 0, 4), small=False):
     xywhn = np.concatenate([rng.uniform(0.2, 0.8, (n, 2)), rng.uniform(lo, hi, (n, 2))], 1)
     case = {
         "shapes": shapes, "nc": nc, "imgsz": imgsz,
-        "distri": (rng.normal(size=(batch, a, 4 * REG_MAX)) * 2).astype(np.float32),
+        # bins decay so that decoded sides are 1-3 cells: boxes overlap the ground truth
+        "distri": (rng.normal(size=(batch, a, 4, REG_MAX)) - 0.6 * np.arange(REG_MAX)).reshape(
+            batch, a, 4 * REG_MAX).astype(np.float32),
         "scores": (rng.normal(size=(batch, a, nc)) - 1).astype(np.float32),
         "batch_idx": np.repeat(np.arange(batch), counts).astype(np.float32),
         "cls": rng.integers(0, nc, n).astype(np.float32),
@@ -79,7 +81,7 @@ LOSS_GAINS = jax.jit(lambda g, *args: yolo_detection_loss(*args, box_gain=g[0], 
 
 def assert_items_close(ours, theirs, rtol=1e-4):
     for k in ("box", "cls", "dfl"):
-        np.testing.assert_allclose(float(ours[k]), theirs[k], rtol=rtol, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(float(ours[k]), theirs[k], rtol=rtol, atol=1e-7, err_msg=k)
 
 
 @pytest.mark.peers
@@ -90,7 +92,7 @@ def test_equals_ultralytics_v8detectionloss(seed, small):
     want = ultralytics_items(case)
     assert_items_close(items, want)
     np.testing.assert_allclose(float(total), sum(want.values()), rtol=1e-4)
-    assert want["box"] > 0 and want["dfl"] > 0  # the case has foreground anchors
+    assert want["box"] > 0.05 and want["dfl"] > 0.05  # foreground with real target scores
 
 
 @pytest.mark.peers
@@ -192,3 +194,12 @@ def test_bad_shapes_raise():
         yolo_detection_loss(d, s, p[:-1], st, labels, boxes, mask)
     with pytest.raises(TypeError, match="integer"):
         yolo_detection_loss(d, s, p, st, labels.astype(np.float32), boxes, mask)
+
+
+def test_min_gt_size_auto_is_second_stride_and_none_disables():
+    args = make_case(2, small=True)["jax_args"]
+    fn = jax.jit(lambda size, *a: yolo_detection_loss(*a, min_gt_size=size))
+    auto = float(LOSS(*args)[0])
+    np.testing.assert_allclose(float(fn(16.0, *args)[0]), auto, rtol=1e-6)  # strides 8/16/32
+    classic = float(jax.jit(lambda *a: yolo_detection_loss(*a, min_gt_size=None))(*args)[0])
+    assert abs(classic - auto) > 1e-4 * auto  # small boxes gain candidates when enlarged

@@ -61,7 +61,10 @@ class LoaderConfig:
       workers: grain worker processes; 0 = in-process.
       seed: the seed of everything random.
       on_error: "raise" on a bad image, or "skip" (substitute the next image, report it).
-      use_masks: load instance masks (tight boxes under geometric ops, copy-paste).
+      use_masks: load instance masks where the data set has them: boxes re-fit to the
+        visible pixels after geometric ops, copy-paste possible. None (default) = only
+        when an op needs them (degrees, shear, copy_paste, cutout, albu_geometric or a
+        custom pipeline); plain mosaic + scale/translate keeps boxes exact without them.
       pipeline: explicit op specs (names or (name, params) pairs, see ``ops.OPS``) that
         replace ``aug.ops()`` when augmenting; the output is letterboxed to the batch size.
     """
@@ -79,8 +82,16 @@ class LoaderConfig:
     workers: int = 0
     seed: int = 0
     on_error: Literal["raise", "skip"] = "raise"
-    use_masks: bool = True
+    use_masks: bool | None = None
     pipeline: tuple[Any, ...] | None = None
+
+    def masks_needed(self) -> bool:
+        """Whether samples carry instance masks (see ``use_masks``)."""
+        if self.use_masks is not None:
+            return bool(self.use_masks and self.augment)
+        a = self.aug
+        return self.augment and (self.pipeline is not None or a.degrees > 0 or a.shear > 0
+                                 or a.copy_paste > 0 or a.cutout > 0 or a.albu_geometric > 0)
 
     def validate(self) -> None:
         for s in (self.image_size, *self.multi_scale):
@@ -177,15 +188,15 @@ class _BatchMaker:
         specs = config.pipeline if config.pipeline is not None else \
             aug.ops(mosaic_on=self.mosaic_on)
         self.ops = build_ops(specs) if config.augment else []
+        self.use_masks = config.masks_needed()
 
-    def load(self, i: int, problems: list[str], masks: bool = True) -> tuple[int, T.Sample]:
+    def load(self, i: int, problems: list[str]) -> tuple[int, T.Sample]:
         """Loads record i; with on_error="skip", the next loadable record instead."""
         n = len(self.records)
         for k in range(min(n, 50)):
             j = (i + k) % n
             try:
-                return j, load_sample(self.records[j],
-                                      use_masks=masks and self.config.use_masks)
+                return j, load_sample(self.records[j], use_masks=self.use_masks)
             except DataError as e:
                 if self.config.on_error == "raise":
                     raise
@@ -201,7 +212,7 @@ class _BatchMaker:
 
     def sample(self, position: int, size: int, problems: list[str]):
         cfg = self.config
-        idx, smp = self.load(int(self.indices[position]), problems, cfg.augment)
+        idx, smp = self.load(int(self.indices[position]), problems)
         orig = smp.size
         if not cfg.augment:  # eval: boxes scaled exactly (no mask re-fit), see scale/pad
             smp, scale, pad = T.letterbox(smp, size)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from detjax.data.records import boxes_from_instance_map, instance_pixel_counts
-from detjax.data.transforms import FILL, Sample, clip_boxes_np
+from detjax.data.transforms import FILL, Sample, clip_boxes_np, map_dtype
 
 
 def _tile_slices(i: int, xc: int, yc: int, h: int, w: int, s2: int):
@@ -34,7 +34,7 @@ def _tile_slices(i: int, xc: int, yc: int, h: int, w: int, s2: int):
 
 
 def mosaic4(samples: Sequence[Sample], rng: np.random.Generator, *, size: int,
-            min_area_frac: float = 0.1, fill: int = FILL) -> Sample:
+            min_area_frac: float = 0.1, fill: int = FILL, refit: bool = True) -> Sample:
     """Tiles 4 samples around a random centre on a ``2 size`` x ``2 size`` canvas.
 
     The centre ``(xc, yc)`` is uniform in ``[size / 2, 3 size / 2]`` (0.25-0.75 of the
@@ -42,6 +42,8 @@ def mosaic4(samples: Sequence[Sample], rng: np.random.Generator, *, size: int,
     side equal to ``size``. Boxes are shifted, clipped to the canvas and dropped when
     less than ``min_area_frac`` of their area (of visible pixels, with instance maps)
     remains. Follow with ``random_affine(out_size=(size, size))`` to get the final image.
+    With ``refit=False`` the instance map is carried along but boxes are only clipped and
+    filtered by box area (cheaper: a following geometric op re-fits them anyway).
     """
     if len(samples) != 4:
         raise ValueError(f"mosaic4 needs 4 samples, got {len(samples)}")
@@ -50,7 +52,8 @@ def mosaic4(samples: Sequence[Sample], rng: np.random.Generator, *, size: int,
     xc = int(rng.uniform(size / 2, 3 * size / 2))
     canvas = np.full((s2, s2, 3), fill, np.uint8)
     use_maps = all(s.instance_map is not None for s in samples)
-    imap = np.zeros((s2, s2), np.int32) if use_maps else None
+    total = sum(len(smp.labels) for smp in samples)
+    imap = np.zeros((s2, s2), map_dtype(total)) if use_maps else None
     labels, before, old = [], [], []
     offset = 0
     for i, smp in enumerate(samples):
@@ -59,23 +62,24 @@ def mosaic4(samples: Sequence[Sample], rng: np.random.Generator, *, size: int,
         canvas[y1a:y2a, x1a:x2a] = smp.image[y1b:y2b, x1b:x2b]
         n = len(smp.labels)
         if use_maps:
-            tile = smp.instance_map[y1b:y2b, x1b:x2b]
-            imap[y1a:y2a, x1a:x2a] = np.where(tile > 0, tile + offset, 0)
-            before.append(instance_pixel_counts(smp.instance_map, n))
+            tile = smp.instance_map[y1b:y2b, x1b:x2b].astype(imap.dtype)
+            imap[y1a:y2a, x1a:x2a] = tile + (tile > 0).astype(imap.dtype) * offset
+            if refit:
+                before.append(instance_pixel_counts(smp.instance_map, n))
         shift = np.array([x1a - x1b, y1a - y1b] * 2, np.float32)
         old.append(smp.boxes + shift)
         labels.append(smp.labels)
         offset += n
     old_boxes = np.concatenate(old) if old else np.zeros((0, 4), np.float32)
     out = Sample(canvas, old_boxes, np.concatenate(labels), imap)
-    if use_maps:
+    if use_maps and refit:
         new_boxes, after = boxes_from_instance_map(imap, offset)
         keep = (after > 0) & (after >= min_area_frac * np.concatenate(before))
         return Sample(canvas, new_boxes, out.labels, imap).select(keep)
     clipped = clip_boxes_np(old_boxes, (s2, s2))
     area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     keep = (area(clipped) > 0) & (area(clipped) >= min_area_frac * area(old_boxes))
-    return Sample(canvas, clipped, out.labels, None).select(keep)
+    return Sample(canvas, clipped, out.labels, imap).select(keep)
 
 
 def mixup(a: Sample, b: Sample, rng: np.random.Generator, *, alpha: float = 32.0,
@@ -122,7 +126,9 @@ def copy_paste(dst: Sample, src: Sample, rng: np.random.Generator, *, p: float =
     if len(chosen) == 0:
         return dst
     image = dst.image.copy()
-    imap = dst.instance_map.copy() if dst.instance_map is not None else None
+    imap = None
+    if dst.instance_map is not None:
+        imap = dst.instance_map.astype(map_dtype(n_dst + len(chosen)))  # a copy
     for j, k in enumerate(chosen):
         m = src.instance_map == k + 1
         image[m] = src.image[m]

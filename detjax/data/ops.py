@@ -87,7 +87,7 @@ def _mosaic_op(*, p: float = 1.0, min_area_frac: float = 0.1) -> Op:
         if _maybe(p, rng):
             others = [ctx.fetch(rng) for _ in range(3)]
             return mosaic4([T.resize_long_side(s, ctx.size), *others], rng, size=ctx.size,
-                           min_area_frac=min_area_frac)
+                           min_area_frac=min_area_frac, refit=s.instance_map is None)
         return T.letterbox(s, ctx.size)[0]
     return op
 

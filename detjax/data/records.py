@@ -169,7 +169,8 @@ def _exists(path: str) -> bool:
 
 
 def load_instance_map(record: Record) -> np.ndarray | None:
-    """Instance-id map int32 ``[h, w]`` (``k + 1`` = object ``k``) of a record, or None.
+    """Instance-id map ``[h, w]`` (``k + 1`` = object ``k``; uint8/uint16 as stored,
+    uint16 when rasterized from polygons) of a record, or None.
 
     From ``mask_path`` when set, else rasterized from ``segments`` in order (later
     objects paint over earlier ones, so the map holds visible masks).
@@ -184,10 +185,13 @@ def load_instance_map(record: Record) -> np.ndarray | None:
         if m.shape[:2] != tuple(record.image_size):
             raise DataError(f"{record.mask_path}: mask shape {m.shape[:2]} != image size "
                             f"{tuple(record.image_size)}")
-        return m.astype(np.int32)
+        if m.ndim != 2 or m.dtype not in (np.uint8, np.uint16):
+            raise DataError(f"{record.mask_path}: instance mask must be a 1-channel 8/16-bit "
+                            f"PNG, got {m.dtype} {m.shape}")
+        return m
     if record.segments is not None:
         h, w = record.image_size
-        m = np.zeros((h, w), np.int32)
+        m = np.zeros((h, w), np.uint16 if len(record.segments) < 2**16 else np.int32)
         for k, poly in enumerate(record.segments):
             if poly is not None and len(poly) >= 3:
                 cv2.fillPoly(m, [np.round(poly).astype(np.int32)], k + 1)

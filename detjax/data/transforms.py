@@ -33,7 +33,7 @@ class Sample:
     image: np.ndarray
     boxes: np.ndarray
     labels: np.ndarray
-    instance_map: np.ndarray | None = None
+    instance_map: np.ndarray | None = None  # any integer dtype; uint16 is fastest
 
     def __post_init__(self):
         self.boxes = np.asarray(self.boxes, np.float32).reshape(-1, 4)
@@ -54,9 +54,9 @@ class Sample:
         keep = np.asarray(keep, bool)
         imap = self.instance_map
         if imap is not None and not keep.all():
-            remap = np.zeros(len(keep) + 1, np.int32)
-            remap[1:][keep] = np.arange(1, int(keep.sum()) + 1)
-            imap = remap[np.clip(imap, 0, len(keep))]
+            remap = np.zeros(max(len(keep), int(imap.max(initial=0))) + 1, imap.dtype)
+            remap[1:len(keep) + 1][keep] = np.arange(1, int(keep.sum()) + 1)
+            imap = np.take(remap, imap)
         return Sample(self.image, self.boxes[keep], self.labels[keep], imap)
 
 
@@ -92,6 +92,18 @@ def refresh_boxes(sample: Sample, *, min_pixels: int = 1) -> Sample:
     return out.select(counts >= min_pixels)
 
 
+def map_dtype(n: int) -> type:
+    """The narrowest map dtype OpenCV can warp for ``n`` objects (uint16, else int32)."""
+    return np.uint16 if n < 2**16 else np.int32
+
+
+def _warp_map(imap: np.ndarray, fn) -> np.ndarray:
+    """Applies an OpenCV nearest-neighbour warp ``fn`` to an instance map of any int dtype."""
+    if imap.dtype in (np.uint8, np.uint16):
+        return fn(imap)
+    return fn(imap.astype(np.float32)).astype(imap.dtype)  # cv2 cannot warp int32
+
+
 def _transform_corners(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Enclosing xyxy boxes of the 4 corners of each box under the 2x3/3x3 affine ``m``."""
     n = len(boxes)
@@ -121,8 +133,8 @@ def warp_affine(sample: Sample, m: np.ndarray, out_size: tuple[int, int], *,
                            borderValue=(fill, fill, fill))
     corners = _transform_corners(sample.boxes, m)
     if sample.instance_map is not None:
-        imap = cv2.warpAffine(sample.instance_map.astype(np.float32), m, (w, h),
-                              flags=cv2.INTER_NEAREST, borderValue=0).astype(np.int32)
+        imap = _warp_map(sample.instance_map, lambda a: cv2.warpAffine(
+            a, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0))
         boxes, counts = boxes_from_instance_map(imap, len(sample.labels))
         keep = counts > 0
         out = Sample(image, boxes, sample.labels, imap)
@@ -146,8 +158,8 @@ def resize(sample: Sample, out_size: tuple[int, int]) -> Sample:
     boxes = sample.boxes * np.array([sx, sy, sx, sy], np.float32)
     imap = None
     if sample.instance_map is not None:
-        imap = cv2.resize(sample.instance_map.astype(np.float32), (w, h),
-                          interpolation=cv2.INTER_NEAREST).astype(np.int32)
+        imap = _warp_map(sample.instance_map, lambda a: cv2.resize(
+            a, (w, h), interpolation=cv2.INTER_NEAREST))
     out = Sample(image, boxes, sample.labels, imap)
     return refresh_boxes(out) if imap is not None else out
 
@@ -197,11 +209,14 @@ def letterbox(sample: Sample, size: int | tuple[int, int], *, scaleup: bool = Tr
 
 def horizontal_flip(sample: Sample) -> Sample:
     """Mirrors left-right: ``x -> W - x`` (exact for boxes, tight stays tight)."""
+    import cv2
+
     w = sample.size[1]
     b = sample.boxes
     boxes = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
-    imap = None if sample.instance_map is None else sample.instance_map[:, ::-1].copy()
-    return Sample(np.ascontiguousarray(sample.image[:, ::-1]), boxes, sample.labels, imap)
+    imap = None if sample.instance_map is None else _warp_map(sample.instance_map,
+                                                              lambda a: cv2.flip(a, 1))
+    return Sample(cv2.flip(sample.image, 1), boxes, sample.labels, imap)
 
 
 def random_hsv(sample: Sample, rng: np.random.Generator, *, hgain: float = 0.5,
@@ -383,7 +398,7 @@ def apply_albumentations(sample: Sample, compose, rng: np.random.Generator) -> S
     out = compose(**kwargs)
     image = np.ascontiguousarray(out["image"])
     if sample.instance_map is not None:
-        imap = np.asarray(out["mask"]).astype(np.int32)
+        imap = np.asarray(out["mask"]).astype(sample.instance_map.dtype)
         return refresh_boxes(Sample(image, sample.boxes, sample.labels, imap))
     if "bboxes" not in out:
         return Sample(image, sample.boxes, sample.labels, None)

@@ -48,7 +48,7 @@ def make_case(seed, batch=3, nc=4, imgsz=64, counts=(3, 0, 4), small=False):
     return case
 
 
-def ultralytics_items(case, gains=(7.5, 0.5, 1.5), grads=False):
+def ultralytics_items(case, gains=(7.5, 0.5, 1.5), grads=False, topk2=None):
     torch = pytest.importorskip("torch")
     loss_mod = pytest.importorskip("ultralytics.utils.loss")
 
@@ -60,7 +60,7 @@ def ultralytics_items(case, gains=(7.5, 0.5, 1.5), grads=False):
             self.model = [types.SimpleNamespace(stride=torch.tensor(STRIDES), nc=case["nc"],
                                                 reg_max=REG_MAX)]
 
-    crit = loss_mod.v8DetectionLoss(Model())
+    crit = loss_mod.v8DetectionLoss(Model(), tal_topk2=topk2)
     d = torch.tensor(case["distri"]).permute(0, 2, 1).requires_grad_()
     s = torch.tensor(case["scores"]).permute(0, 2, 1).requires_grad_()
     feats = [torch.zeros(len(case["distri"]), 1, h, w) for h, w in case["shapes"]]
@@ -203,3 +203,10 @@ def test_min_gt_size_auto_is_second_stride_and_none_disables():
     np.testing.assert_allclose(float(fn(16.0, *args)[0]), auto, rtol=1e-6)  # strides 8/16/32
     classic = float(jax.jit(lambda *a: yolo_detection_loss(*a, min_gt_size=None))(*args)[0])
     assert abs(classic - auto) > 1e-4 * auto  # small boxes gain candidates when enlarged
+
+
+@pytest.mark.peers
+def test_topk2_equals_ultralytics_tal_topk2():
+    case = make_case(12)
+    _, items = jax.jit(lambda *a: yolo_detection_loss(*a, topk2=3))(*case["jax_args"])
+    assert_items_close(items, ultralytics_items(case, topk2=3))

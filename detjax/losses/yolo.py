@@ -52,7 +52,7 @@ def yolo_detection_loss(
     stride_tensor: ArrayLike, gt_labels: ArrayLike, gt_boxes: ArrayLike, gt_mask: ArrayLike, *,
     box_gain: ArrayLike = 7.5, cls_gain: ArrayLike = 0.5, dfl_gain: ArrayLike = 1.5,
     reg_max: int = 16, topk: int = 10, alpha: ArrayLike = 0.5, beta: ArrayLike = 6.0,
-    min_gt_size: ArrayLike | str | None = "auto",
+    min_gt_size: ArrayLike | str | None = "auto", topk2: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """YOLOv8 loss of one batch -> ``(total, {"box", "cls", "dfl"})``, scalars.
 
@@ -68,7 +68,8 @@ def yolo_detection_loss(
     and pixel boxes (``topk``, ``alpha``, ``beta``; ground-truth sides shorter than
     ``min_gt_size`` are enlarged to it for the candidate test only: ``"auto"`` is
     ultralytics 8.4's ``strides[1]`` (16 for strides 8/16/32), ``None`` is the behaviour
-    before 8.4). With ``S = max(sum(target_scores), 1)`` over the whole batch:
+    before 8.4; ``topk2`` is ``v8DetectionLoss(tal_topk2=...)``). With
+    ``S = max(sum(target_scores), 1)`` over the whole batch:
 
     * ``cls = cls_gain * sum(BCE(pred_scores, target_scores)) / S`` over every anchor and class;
     * ``box = box_gain * sum_fg (1 - CIoU_ultralytics) * w / S`` in grid units, ``w`` the
@@ -79,8 +80,12 @@ def yolo_detection_loss(
 
     ``total = box + cls + dfl``. ultralytics back-propagates ``total * B`` (its
     ``loss.sum() * batch_size``) and logs the three items; multiply by ``B`` to reproduce
-    its gradient scale. Every gain and ``alpha``/``beta`` may be traced; ``reg_max`` and
-    ``topk`` set shapes and are static.
+    its gradient scale. Every gain, ``alpha``, ``beta`` and ``min_gt_size`` may be traced;
+    ``reg_max``, ``topk`` and ``topk2`` set shapes and are static.
+
+    >>> points, strides = make_anchor_points([(80, 80), (40, 40), (20, 20)], [8, 16, 32])
+    >>> total, items = jax.jit(yolo_detection_loss)(
+    ...     distri, scores, points, strides, gt_labels, gt_boxes, gt_mask)  # doctest: +SKIP
     """
     pred_distri, pred_scores = jnp.asarray(pred_distri), jnp.asarray(pred_scores)
     gt_labels, gt_boxes, gt_mask = (jnp.asarray(gt_labels), jnp.asarray(gt_boxes),
@@ -104,7 +109,7 @@ def yolo_detection_loss(
     pred_boxes = dist2bbox(dfl_decode(pred_distri, reg_max=reg_max), anchor_points)  # [B, A, 4]
     assign = lambda s, b, lab, g, m: task_aligned(
         s, b, anchor_points * stride_tensor, lab, g, m, topk=topk, alpha=alpha, beta=beta,
-        min_gt_size=min_gt_size)
+        min_gt_size=min_gt_size, topk2=topk2)
     targets = jax.vmap(assign)(jax.nn.sigmoid(logits), pred_boxes * stride_tensor, gt_labels,
                                gt_boxes, gt_mask.astype(bool))
     target_scores = targets.scores  # [B, A, C], already free of gradient

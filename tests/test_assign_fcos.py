@@ -80,3 +80,16 @@ def test_padding_empty_and_centerness_grad():
     assert np.isfinite(g).all()
     with pytest.raises(ValueError, match="sum"):
         fcos_targets(points, [1], gt[:1], [True], num_classes=3, num_points_per_level=[3])
+
+
+def test_bf16_and_jit_equals_eager():
+    points, _ = _points()
+    gt = np.array([[10, 10, 60, 50], [30, 20, 120, 100]], np.float32)
+    kw = dict(num_classes=3, num_points_per_level=LEVELS, center_sampling=True)
+    eager = fcos_targets(points, [0, 1], gt, [True, True], **kw)
+    jitted = jax.jit(lambda g: fcos_targets(points, [0, 1], g, [True, True], **kw))
+    for a, b in zip(eager, jitted(gt)):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), atol=1e-6)
+    half = jitted(gt.astype(jax.numpy.bfloat16))
+    np.testing.assert_array_equal(half.labels, eager.labels)
+    assert half.ltrb.dtype == np.float32 and np.isfinite(np.asarray(half.centerness)).all()

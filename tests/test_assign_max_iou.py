@@ -98,3 +98,13 @@ def test_thresholds_and_errors():
         match_quality(np.zeros((1, 2)), [True], low_quality="x")
     with pytest.raises(ValueError, match="anchors"):
         max_iou(anchors[:, :3], gt, [True])
+
+
+def test_bf16_and_jit_equals_eager():
+    rng = np.random.default_rng(3)
+    gt, anchors = _grid_boxes(rng, 4), _grid_boxes(rng, 30)
+    eager = max_iou(anchors, gt, np.ones(4, bool))
+    np.testing.assert_array_equal(_max_iou(anchors, gt, np.ones(4, bool)).matches, eager.matches)
+    half = _max_iou(anchors.astype(jax.numpy.bfloat16), gt.astype(jax.numpy.bfloat16),
+                    np.ones(4, bool))
+    np.testing.assert_array_equal(half.matches, eager.matches)  # grid boxes are exact in bf16

@@ -41,7 +41,7 @@ def _detjax(ds, size, workers, batch, n_batches, repeats):
     def make():
         loader = Loader(ds, batch_size=batch, image_size=size, workers=workers, epochs=100,
                         max_boxes=100)
-        return iter(loader.epoch())
+        return iter(loader)
 
     return _time_batches(make, n_batches, batch, repeats)
 
@@ -75,6 +75,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "detjax-bench"))
     args = p.parse_args()
+    if args.images < args.batch * (args.batches + 1):
+        p.error("--images must be >= batch * (batches + 1) (ultralytics iterates one epoch)")
 
     from detjax.data import synthetic_dataset, write_dataset
 

@@ -65,6 +65,9 @@ class LoaderConfig:
         visible pixels after geometric ops, copy-paste possible. None (default) = only
         when an op needs them (degrees, shear, copy_paste, cutout, albu_geometric or a
         custom pipeline); plain mosaic + scale/translate keeps boxes exact without them.
+      partners: where mosaic / mixup draw their other images: "batch" (the batch's own
+        images, each decoded once, like ultralytics' buffer of recent images) or
+        "dataset" (uniform over the data set, one extra read per partner).
       pipeline: explicit op specs (names or (name, params) pairs, see ``ops.OPS``) that
         replace ``aug.ops()`` when augmenting; the output is letterboxed to the batch size.
     """
@@ -83,6 +86,7 @@ class LoaderConfig:
     seed: int = 0
     on_error: Literal["raise", "skip"] = "raise"
     use_masks: bool | None = None
+    partners: Literal["batch", "dataset"] = "batch"
     pipeline: tuple[Any, ...] | None = None
 
     def masks_needed(self) -> bool:
@@ -100,6 +104,8 @@ class LoaderConfig:
         if self.batch_size < 1 or self.max_boxes < 1:
             raise ValueError("batch_size and max_boxes must be >= 1, got "
                              f"{self.batch_size} and {self.max_boxes}")
+        if self.partners not in ("batch", "dataset"):
+            raise ValueError(f"partners must be 'batch' or 'dataset', got {self.partners!r}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
@@ -164,14 +170,28 @@ def pad_boxes(boxes: np.ndarray, labels: np.ndarray, max_boxes: int
 
 
 class _Context:
-    """OpContext for one sample: target size and random other samples."""
+    """OpContext for one batch: target size, and other samples drawn from ``pool``
+    (the batch's own images) or from the whole data set when the pool is empty.
+    Decoded and resized images are cached for the batch, so each is read once."""
 
-    def __init__(self, maker: _BatchMaker, size: int, problems: list[str]):
-        self.maker, self.size, self.problems = maker, size, problems
+    def __init__(self, maker: _BatchMaker, size: int, problems: list[str],
+                 pool: Sequence[int]):
+        self.maker, self.size, self.problems, self.pool = maker, size, problems, pool
+        self.cache: dict[int, tuple[int, T.Sample]] = {}
+        self.resized: dict[int, T.Sample] = {}
+
+    def load(self, i: int) -> tuple[int, T.Sample]:
+        if i not in self.cache:
+            self.cache[i] = self.maker.load(i, self.problems)
+        return self.cache[i]
 
     def fetch(self, rng: np.random.Generator) -> T.Sample:
-        i = int(rng.integers(len(self.maker.records)))
-        return T.resize_long_side(self.maker.load(i, self.problems)[1], self.size)
+        n = len(self.pool)
+        i = int(self.pool[rng.integers(n)]) if n else \
+            int(rng.integers(len(self.maker.records)))
+        if i not in self.resized:
+            self.resized[i] = T.resize_long_side(self.load(i)[1], self.size)
+        return self.resized[i]
 
 
 class _BatchMaker:
@@ -210,15 +230,15 @@ class _BatchMaker:
         rng = np.random.default_rng([cfg.seed, self.epoch, batch, 0x5CA1E])
         return int(cfg.multi_scale[int(rng.integers(len(cfg.multi_scale)))])
 
-    def sample(self, position: int, size: int, problems: list[str]):
+    def sample(self, position: int, ctx: _Context):
         cfg = self.config
-        idx, smp = self.load(int(self.indices[position]), problems)
+        size = ctx.size
+        idx, smp = ctx.load(int(self.indices[position]))
         orig = smp.size
         if not cfg.augment:  # eval: boxes scaled exactly (no mask re-fit), see scale/pad
             smp, scale, pad = T.letterbox(smp, size)
             return idx, smp, orig, scale, pad
         rng = np.random.default_rng([cfg.seed, self.epoch, position])
-        ctx = _Context(self, size, problems)
         for op in self.ops:
             smp = op(smp, rng, ctx)
         if smp.size != (size, size):
@@ -237,8 +257,12 @@ class _BatchMaker:
                "orig_size": np.zeros((bsz, 2), np.int32)}
         problems: list[str] = []
         start = batch * bsz
-        for j, pos in enumerate(range(start, min(start + bsz, len(self.indices)))):
-            idx, smp, orig, scale, pad = self.sample(pos, size, problems)
+        positions = range(start, min(start + bsz, len(self.indices)))
+        pool = [int(self.indices[p]) for p in positions] \
+            if cfg.partners == "batch" and len(positions) >= 4 else []
+        ctx = _Context(self, size, problems, pool)
+        for j, pos in enumerate(positions):
+            idx, smp, orig, scale, pad = self.sample(pos, ctx)
             b, lab, mask, dropped = pad_boxes(smp.boxes, smp.labels, m)
             if dropped:
                 what = " (mosaic/mixup output)" if cfg.augment else ""

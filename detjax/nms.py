@@ -24,7 +24,7 @@ unit; this implementation keeps the greedy answer exactly but works in rounds:
 
 Every alive box has already been compared with every box kept in earlier rounds, so the
 result equals the sequential greedy loop. As boxes die, the alive ones are compacted into
-arrays half the size (static sizes ``N, N/2, N/4, ...``, one ``while_loop`` per size), so
+arrays four times smaller (static sizes ``N, N/4, N/16, ...``, one ``while_loop`` per size), so
 the IoU work follows the number of alive boxes instead of ``N`` per round.
 """
 
@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 _TILE = 32  # boxes resolved per round; 32-64 is the sweet spot on CPU for N in 1e3..1e4
-_MIN_LEVEL = 64  # smallest compacted size
+_SHRINK = 4  # each compaction level is this many times smaller (fewer levels = faster compile)
+_MIN_LEVEL = 128  # smallest compacted size
 
 
 class NMSResult(NamedTuple):
@@ -187,8 +188,8 @@ def _round(suppress: SuppressFn, tile: int, max_output: int, data, scores, orig,
 
 def _level_sizes(n: int, tile: int) -> list[int]:
     sizes = [n]
-    while sizes[-1] // 2 >= max(_MIN_LEVEL, 2 * tile):
-        sizes.append(sizes[-1] // 2)
+    while sizes[-1] // _SHRINK >= max(_MIN_LEVEL, 2 * tile):
+        sizes.append(sizes[-1] // _SHRINK)
     return sizes
 
 
@@ -248,7 +249,9 @@ def nms(boxes: ArrayLike, scores: ArrayLike, *, iou_threshold: ArrayLike, max_ou
     ``iou_threshold``. ``indices[:count]`` equals torchvision's result truncated to
     ``max_output`` whenever scores have no ties (ties are broken by lower index first).
     Boxes with NaN coordinates/scores, ``-inf`` scores or scores ``<= score_threshold``
-    (when given) are ignored. ``iou_threshold`` and ``score_threshold`` may be traced.
+    (when given) are ignored. ``iou_threshold`` and ``score_threshold`` may be traced; a
+    Python-number ``iou_threshold`` reproduces torchvision's float64 comparison exactly,
+    a traced one is compared in float32.
 
     >>> b = jnp.array([[0., 0., 10., 10.], [1., 1., 11., 11.], [20., 20., 30., 30.]])
     >>> r = nms(b, jnp.array([0.9, 0.8, 0.7]), iou_threshold=0.5, max_output=3)
@@ -384,53 +387,56 @@ def soft_nms(boxes: ArrayLike, scores: ArrayLike, *,
 # ----------------------------------------------------------------------------------------
 
 
-def _best_class(cls: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Max and first argmax over the class axis of ``cls [C, A]`` -> ``[A], [A]``.
+def _best_class(pred: jax.Array, first: int = 4) -> tuple[jax.Array, jax.Array]:
+    """Max and first argmax of the class rows ``pred[..., first:, :]`` of ``pred [..., R, A]``
+    -> ``[..., A]`` x 2 (class ids count from ``first``).
 
-    A running fold over the C rows (contiguous along A) instead of ``argmax(axis=0)``:
-    XLA on CPU reduces a non-minor axis an order of magnitude slower.
+    A running fold over the rows (each contiguous along A) of the unsliced array: XLA on
+    CPU reduces a non-minor axis, or slices the rows out first, several times slower.
+    Call it on the whole batch, not under ``vmap`` (a batched dynamic slice is a gather).
     """
+    axis = pred.ndim - 2
 
     def body(c, state):
         best, arg = state
-        x = lax.dynamic_index_in_dim(cls, c, 0, keepdims=False)
+        x = lax.dynamic_index_in_dim(pred, first + c, axis, keepdims=False)
         better = x > best
         return jnp.where(better, x, best), jnp.where(better, c, arg)
 
-    init = (cls[0], jnp.zeros(cls.shape[1:], jnp.int32))
-    best, arg = lax.fori_loop(1, cls.shape[0], body, init)
-    return best, arg
+    init = lax.index_in_dim(pred, first, axis, keepdims=False)
+    return lax.fori_loop(1, pred.shape[axis] - first, body,
+                         (init, jnp.zeros(init.shape, jnp.int32)))
 
 
 def _candidates(pred: jax.Array, conf_thres: float, multi_label: bool, max_nms: int,
                 classes: jax.Array | None):
-    """Candidate (anchor, class, score, ok) arrays for one image ``pred [4 + C, A]``."""
-    num_classes, num_anchors = pred.shape[0] - 4, pred.shape[1]
-    cls = pred[4:]  # [C, A]
+    """Candidates of a batch ``pred [B, 4 + C, A]`` -> (anchor, label, score, ok), each
+    ``[B, K]`` with ``K = A`` (best class per anchor) or ``A * C`` (``multi_label``, in
+    torch.where's (anchor, class) order), cut to the ``max_nms`` best when larger."""
+    batch, num_classes, num_anchors = pred.shape[0], pred.shape[1] - 4, pred.shape[2]
     if multi_label:
-        flat = cls.T.reshape(-1)  # [A * C], (anchor, class) row-major like torch.where
-        ok = flat > conf_thres
-        anchor = jnp.arange(num_anchors * num_classes, dtype=jnp.int32) // num_classes
-        label = jnp.arange(num_anchors * num_classes, dtype=jnp.int32) % num_classes
-        score = flat
+        score = jnp.swapaxes(pred[:, 4:], 1, 2).reshape(batch, -1)  # [B, A * C]
+        pair = jnp.arange(num_anchors * num_classes, dtype=jnp.int32)
+        anchor, label = pair // num_classes, pair % num_classes
+        anchor, label = (jnp.broadcast_to(x, score.shape) for x in (anchor, label))
     else:
-        score, label = _best_class(cls)
-        ok = score > conf_thres
-        anchor = jnp.arange(num_anchors, dtype=jnp.int32)
+        score, label = _best_class(pred)  # [B, A]
+        anchor = jnp.broadcast_to(jnp.arange(num_anchors, dtype=jnp.int32), score.shape)
+    ok = score > conf_thres  # NaN compares False
     if classes is not None:
-        ok &= jnp.any(label[:, None] == classes[None, :], axis=1)
-    ok &= ~jnp.isnan(score)
-    if score.shape[0] > max_nms:  # ultralytics keeps the max_nms best candidates
-        _, top = lax.top_k(jnp.where(ok, score, -jnp.inf), max_nms)
-        anchor, label, score, ok = anchor[top], label[top], score[top], ok[top]
+        ok &= jnp.any(label[..., None] == classes, axis=-1)
+    if score.shape[1] > max_nms:  # ultralytics keeps the max_nms best candidates
+        _, top = lax.top_k(jnp.where(ok, score, -jnp.inf), max_nms)  # [B, max_nms]
+        anchor, label, score, ok = (jnp.take_along_axis(x, top, axis=1)
+                                    for x in (anchor, label, score, ok))
     return anchor, label, score, ok
 
 
-def _postprocess_one(pred: jax.Array, conf_thres: float, iou_threshold: jax.Array,
-                     multi_label: bool, max_nms: int, max_det: int, max_wh: float,
-                     agnostic: bool, classes: jax.Array | None):
-    anchor, label, score, ok = _candidates(pred, conf_thres, multi_label, max_nms, classes)
-    boxes = box_convert(pred[:4].T, "cxcywh", "xyxy")[anchor]  # [K, 4]
+def _nms_one_image(xywh: jax.Array, anchor: jax.Array, label: jax.Array, score: jax.Array,
+                   ok: jax.Array, iou_threshold: jax.Array, max_det: int, max_wh: float,
+                   agnostic: bool):
+    """Class-offset NMS of one image's candidates; ``xywh [4, A]`` are the head's boxes."""
+    boxes = box_convert(xywh.T, "cxcywh", "xyxy")[anchor]  # [K, 4]
     ok &= ~jnp.any(jnp.isnan(boxes), axis=-1)
     offset = label.astype(jnp.float32) * (0.0 if agnostic else float(max_wh))
     result = _greedy_nms((boxes + offset[:, None],), score, ok,
@@ -438,7 +444,7 @@ def _postprocess_one(pred: jax.Array, conf_thres: float, iou_threshold: jax.Arra
     keep = jnp.maximum(result.indices, 0)
     rows = jnp.concatenate(
         [boxes[keep], score[keep, None], label[keep, None].astype(jnp.float32)], axis=1)
-    rows = jnp.where(result.valid[:, None], rows, 0.0)
+    rows = jnp.where(result.valid[:, None], rows, 0.0)  # [max_det, 6]
     indices = jnp.where(result.valid, anchor[keep], -1)
     return rows, result.valid, result.count, indices
 
@@ -474,6 +480,6 @@ def non_max_suppression(prediction: ArrayLike, *, conf_thres: float = 0.25,
     multi_label = bool(multi_label) and pred.shape[1] - 4 > 1
     class_ids = None if classes is None else jnp.asarray(classes, jnp.int32).reshape(-1)
     threshold = _strict_threshold(iou_thres)
-    one = lambda p: _postprocess_one(p, conf_thres, threshold, multi_label, max_nms, max_det,
-                                     max_wh, agnostic, class_ids)
-    return Detections(*jax.vmap(one)(pred))
+    anchor, label, score, ok = _candidates(pred, conf_thres, multi_label, max_nms, class_ids)
+    one = lambda *x: _nms_one_image(*x, threshold, max_det, max_wh, agnostic)
+    return Detections(*jax.vmap(one)(pred[:, :4], anchor, label, score, ok))

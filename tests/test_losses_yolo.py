@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from detjax.anchors import make_anchor_points
-from detjax.losses import binary_cross_entropy, yolo_detection_loss
+from detjax.coders import dfl_decode, dist2bbox
+from detjax.losses import binary_cross_entropy, yolo_box_loss, yolo_detection_loss
 
 STRIDES = (8.0, 16.0, 32.0)
 REG_MAX = 16
@@ -210,3 +211,29 @@ def test_topk2_equals_ultralytics_tal_topk2():
     case = make_case(12)
     _, items = jax.jit(lambda *a: yolo_detection_loss(*a, topk2=3))(*case["jax_args"])
     assert_items_close(items, ultralytics_items(case, topk2=3))
+
+
+@pytest.mark.peers
+def test_box_terms_equal_ultralytics_bboxloss():
+    torch = pytest.importorskip("torch")
+    loss_mod = pytest.importorskip("ultralytics.utils.loss")
+    rng = np.random.default_rng(13)
+    points, _ = make_anchor_points([(6, 6)], [8.0])  # 36 anchors, grid units
+    b, a, c = 2, 36, 3
+    distri = (rng.normal(size=(b, a, 4, REG_MAX)) - 0.5 * np.arange(REG_MAX)).reshape(
+        b, a, 4 * REG_MAX).astype(np.float32)
+    pred = np.asarray(dist2bbox(dfl_decode(distri), points))
+    centre = rng.uniform(1, 5, (b, a, 2))
+    target = np.concatenate([centre - rng.uniform(0.2, 3, (b, a, 2)),
+                             centre + rng.uniform(0.2, 3, (b, a, 2))], -1).astype(np.float32)
+    fg = rng.uniform(size=(b, a)) < 0.4
+    scores = (np.eye(c)[rng.integers(0, c, (b, a))] * rng.uniform(0, 1, (b, a, 1))
+              * fg[..., None]).astype(np.float32)
+    score_sum = max(float(scores.sum()), 1.0)
+    t = torch.tensor
+    want = loss_mod.BboxLoss(REG_MAX)(t(distri), t(pred), t(np.asarray(points)), t(target),
+                                      t(scores), t(score_sum), t(fg), t([48.0, 48.0]),
+                                      t(np.full((a, 1), 8.0, np.float32)))
+    got = jax.jit(yolo_box_loss)(distri, pred, points, target, scores, score_sum, fg)
+    for ours, theirs in zip(got, want):
+        np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)

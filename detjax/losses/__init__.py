@@ -31,7 +31,7 @@ from detjax.losses.regression import (
     l1_loss,
     smooth_l1_loss,
 )
-from detjax.losses.yolo import yolo_detection_loss
+from detjax.losses.yolo import yolo_box_loss, yolo_detection_loss
 
 focal_loss = sigmoid_focal_loss  # the name DESIGN.md and most users reach for
 
@@ -59,5 +59,6 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_focal_loss",
     "varifocal_loss",
+    "yolo_box_loss",
     "yolo_detection_loss",
 ]

@@ -12,7 +12,7 @@ from detjax.coders import bbox2dist, dfl_decode, dist2bbox
 from detjax.losses._common import as_float, bce_with_logits
 from detjax.losses.distribution import distribution_focal_loss
 
-__all__ = ["yolo_detection_loss"]
+__all__ = ["yolo_box_loss", "yolo_detection_loss"]
 
 
 def _second_smallest_stride(stride_tensor: jax.Array) -> jax.Array:
@@ -45,6 +45,35 @@ def _check_inputs(pred_distri: jax.Array, pred_scores: jax.Array, anchor_points:
         raise ValueError(f"gt_mask must be [B, M] = [{b}, {m}], got {gt_mask.shape}")
     if not jnp.issubdtype(gt_labels.dtype, jnp.integer):
         raise TypeError(f"gt_labels must be integer class indices, got {gt_labels.dtype}")
+
+
+def yolo_box_loss(pred_distri: ArrayLike, pred_boxes: ArrayLike, anchor_points: ArrayLike,
+                  target_boxes: ArrayLike, target_scores: ArrayLike, target_scores_sum: ArrayLike,
+                  fg_mask: ArrayLike, *, reg_max: int = 16) -> tuple[jax.Array, jax.Array]:
+    """YOLOv8 box terms ``(ciou, dfl)`` (before gains), as ultralytics ``BboxLoss``.
+
+    Everything in grid units: ``pred_distri [..., A, 4 * reg_max]`` DFL logits, decoded
+    ``pred_boxes [..., A, 4]`` xyxy, ``anchor_points [A, 2]``, assigned ``target_boxes
+    [..., A, 4]`` xyxy, ``target_scores [..., A, C]``, the normaliser ``target_scores_sum``
+    and ``fg_mask [..., A]``. With ``w`` the anchor's summed target score:
+    ``ciou = sum_fg (1 - CIoU_ultralytics(pred, target)) w / target_scores_sum`` and
+    ``dfl = sum_fg mean_sides DFL(pred_distri, bbox2dist(target, reg_max - 1)) w /
+    target_scores_sum``. Background anchors contribute exactly 0 (and no NaN gradient).
+    """
+    pred_distri = jnp.asarray(pred_distri)
+    fg = jnp.asarray(fg_mask).astype(bool)
+    target_scores = as_float(target_scores, "target_scores")
+    if pred_distri.shape[-1] != 4 * reg_max or pred_distri.shape[:-1] != fg.shape:
+        raise ValueError(f"pred_distri must be {fg.shape + (4 * reg_max,)} for fg_mask "
+                         f"{fg.shape} and reg_max={reg_max}, got {pred_distri.shape}")
+    weight = jnp.where(fg, target_scores.sum(-1), 0.0)  # [..., A]
+    ciou = aligned_complete_box_iou(pred_boxes, target_boxes, eps=1e-7, convention="ultralytics")
+    box = jnp.where(fg, (1.0 - ciou) * weight, 0.0).sum() / target_scores_sum
+    target_ltrb = bbox2dist(anchor_points, target_boxes, reg_max=reg_max - 1)  # [..., A, 4]
+    side_dfl = distribution_focal_loss(
+        pred_distri.reshape(*fg.shape, 4, reg_max), target_ltrb)  # [..., A, 4]
+    dfl = jnp.where(fg, side_dfl.mean(-1) * weight, 0.0).sum() / target_scores_sum
+    return box, dfl
 
 
 def yolo_detection_loss(
@@ -99,7 +128,6 @@ def yolo_detection_loss(
                   gt_mask, reg_max)
     stride_tensor = stride_tensor.reshape(-1, 1)
     logits = as_float(pred_scores, "pred_scores")  # [B, A, C]
-    batch, num_anchors, _ = logits.shape
     gt_boxes = as_float(gt_boxes, "gt_boxes")
     if isinstance(min_gt_size, str):
         if min_gt_size != "auto":
@@ -117,16 +145,9 @@ def yolo_detection_loss(
 
     cls = bce_with_logits(logits, target_scores).sum() / score_sum
 
-    fg = targets.fg_mask  # [B, A]
-    weight = jnp.where(fg, target_scores.sum(-1), 0.0)  # [B, A]
-    target_boxes = targets.boxes / stride_tensor  # grid units
-    ciou = aligned_complete_box_iou(pred_boxes, target_boxes, eps=1e-7, convention="ultralytics")
-    box = jnp.where(fg, (1.0 - ciou) * weight, 0.0).sum() / score_sum
-
-    target_ltrb = bbox2dist(anchor_points, target_boxes, reg_max=reg_max - 1)  # [B, A, 4]
-    side_dfl = distribution_focal_loss(
-        pred_distri.reshape(batch, num_anchors, 4, reg_max), target_ltrb)  # [B, A, 4]
-    dfl = jnp.where(fg, side_dfl.mean(-1) * weight, 0.0).sum() / score_sum
+    box, dfl = yolo_box_loss(pred_distri, pred_boxes, anchor_points,
+                             targets.boxes / stride_tensor, target_scores, score_sum,
+                             targets.fg_mask, reg_max=reg_max)
 
     items = {"box": box * box_gain, "cls": cls * cls_gain, "dfl": dfl * dfl_gain}
     return items["box"] + items["cls"] + items["dfl"], items

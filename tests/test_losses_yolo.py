@@ -237,3 +237,13 @@ def test_box_terms_equal_ultralytics_bboxloss():
     got = jax.jit(yolo_box_loss)(distri, pred, points, target, scores, score_sum, fg)
     for ours, theirs in zip(got, want):
         np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+
+
+def test_ground_truth_slot_order_and_padding_position_do_not_matter():
+    d, s, p, st, labels, boxes, mask = make_case(14)["jax_args"]
+    rng = np.random.default_rng(14)
+    perm = np.stack([rng.permutation(labels.shape[1]) for _ in range(len(labels))])
+    take = lambda x: np.take_along_axis(x, perm.reshape(perm.shape + (1,) * (x.ndim - 2)), 1)
+    t0 = float(LOSS(d, s, p, st, labels, boxes, mask)[0])
+    t1 = float(LOSS(d, s, p, st, take(labels), take(boxes), take(mask))[0])
+    np.testing.assert_allclose(t1, t0, rtol=1e-6)

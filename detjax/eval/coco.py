@@ -461,9 +461,12 @@ def coco_evaluate(detections: Sequence[Any], ground_truths: Sequence[Any], *,
         if not npig[c].any():
             continue
         sel = slice(bounds[c], bounds[c + 1])
-        p, r, s = _accumulate_class(matched[:, :, sel], det_ignored[:, :, sel], rank[sel],
-                                    det_scores[sel], npig[c], max_dets, rec_thr)
-        precision[:, :, c], recall[:, c], scores[:, :, c] = p, r, s
+        for a in range(num_a):  # one area range at a time bounds memory to [M, T, N]
+            p, r, s = _accumulate_class(matched[a:a + 1, :, sel], det_ignored[a:a + 1, :, sel],
+                                        rank[sel], det_scores[sel], npig[c, a:a + 1],
+                                        max_dets, rec_thr)
+            precision[:, :, c, a], scores[:, :, c, a] = p[:, :, 0], s[:, :, 0]
+            recall[:, c, a] = r[:, 0]
 
     result: dict[str, Any] = _summarize(precision, recall, thresholds, max_dets)
     result.update(

@@ -65,14 +65,14 @@ def load_run(path: str | Path, overrides: list[str] | None = None) -> LoadedRun:
 
     run_dir = find_run_dir(path)
     cfg = load_config(str(run_dir / "config.yaml"), list(overrides or []))
-    ckpt_dir = _checkpoint_dir(Path(path), run_dir)
     try:
         from detjax.train.checkpoint import restore_for_inference
     except ImportError:
         restore_for_inference = None
     if restore_for_inference is not None:
         _, state, _ = restore_for_inference(str(path))
-        return LoadedRun(state, cfg, run_dir, None, ckpt_dir)
+        return LoadedRun(state, cfg, run_dir, None, Path(path).absolute())
+    ckpt_dir = _checkpoint_dir(Path(path), run_dir)
     from detjax.train.checkpoint import Checkpointer
     from detjax.train.loop import build_datasets, build_model, step_config
     from detjax.train.state import create_train_state

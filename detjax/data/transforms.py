@@ -146,7 +146,8 @@ def warp_affine(sample: Sample, m: np.ndarray, out_size: tuple[int, int], *,
 
 
 def resize(sample: Sample, out_size: tuple[int, int]) -> Sample:
-    """Resizes to ``out_size`` (h, w) (bilinear image, nearest map); boxes scaled exactly."""
+    """Resizes to ``out_size`` (h, w): bilinear image, nearest map. Boxes are scaled, then
+    re-fit to the map's pixels where the object still has some (never dropped here)."""
     import cv2
 
     h0, w0 = sample.size
@@ -160,8 +161,10 @@ def resize(sample: Sample, out_size: tuple[int, int]) -> Sample:
     if sample.instance_map is not None:
         imap = _warp_map(sample.instance_map, lambda a: cv2.resize(
             a, (w, h), interpolation=cv2.INTER_NEAREST))
-    out = Sample(image, boxes, sample.labels, imap)
-    return refresh_boxes(out) if imap is not None else out
+    if imap is not None:  # tight boxes from the map; objects lost to nearest sampling
+        fit, counts = boxes_from_instance_map(imap, len(sample.labels))  # keep scaled boxes
+        boxes = np.where((counts > 0)[:, None], fit, boxes)
+    return Sample(image, boxes, sample.labels, imap)
 
 
 def resize_long_side(sample: Sample, size: int) -> Sample:

@@ -149,3 +149,21 @@ def test_confidence_falls_as_recall_rises():
         seen = row[~np.isnan(row)]
         assert (np.diff(seen) <= 1e-12).all()
     assert cc["f1"].shape == cc["precision"].shape
+
+
+def test_update_batch_with_records_uses_untruncated_original_ground_truth():
+    from types import SimpleNamespace
+
+    dets, gts, sizes = ragged_case(5, num_images=4)
+    out, valid, gtb, gtl, gtm, scale, pad = pad_batch(dets, gts, sizes)
+    records = [SimpleNamespace(boxes=g[0], labels=g[1]) for g in gts][::-1]  # data set order
+    batch = {"boxes": gtb[:, :1], "labels": gtl[:, :1], "gt_mask": gtm[:, :1],  # truncated
+             "index": np.array([3, 2, 1, 0]), "scale": scale, "pad": pad,
+             "orig_size": sizes, "image_mask": np.array([True, True, True, True])}
+    ev = Evaluator(num_classes=3)
+    ev.update_batch(out, valid, batch, records=records)
+    want = coco_evaluate(dets, gts, num_classes=3)
+    np.testing.assert_allclose(ev.compute()["precision"], want["precision"], atol=1e-6)
+    with pytest.raises(ValueError, match="'index'"):
+        ev.update_batch(out, valid, {k: v for k, v in batch.items() if k != "index"},
+                        records=records)

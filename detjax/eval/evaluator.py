@@ -142,12 +142,35 @@ class Evaluator:
             self.add_image(boxes[i][k], det[i, k, 4], det[i, k, 5].round(), gb[i][g], gl[i][g],
                            None if crowd is None else crowd[i][g])
 
-    def update_batch(self, detections: Any, valid: Any, batch: Mapping[str, Any]) -> None:
+    def update_batch(self, detections: Any, valid: Any, batch: Mapping[str, Any], *,
+                     records: Sequence[Any] | None = None) -> None:
         """:meth:`update` with ground truth and letterbox parameters read from a loader batch
-        (``boxes``, ``labels``, ``gt_mask`` and the optional keys in the module docstring)."""
+        (``boxes``, ``labels``, ``gt_mask`` and the optional keys in the module docstring).
+
+        With ``records`` (the data set: ``records[batch["index"][i]]`` has ``boxes`` ``xyxy``
+        original pixels and ``labels``), ground truth is taken from there instead: every box,
+        untouched by ``max_boxes`` truncation and the letterbox round trip.
+        """
         extra = {key: batch[key] for key in BATCH_KEYS if key in batch}
-        self.update(detections, valid, batch["boxes"], batch["labels"], batch["gt_mask"],
-                    gt_iscrowd=batch.get("iscrowd"), **extra)
+        if records is None:
+            self.update(detections, valid, batch["boxes"], batch["labels"], batch["gt_mask"],
+                        gt_iscrowd=batch.get("iscrowd"), **extra)
+            return
+        if "index" not in batch:
+            raise ValueError("update_batch(records=...) needs the batch's 'index' key")
+        start = len(self.ground_truths)
+        b = np.asarray(detections).shape[0]
+        empty = np.zeros((b, 0, 4)), np.zeros((b, 0), np.int64), np.zeros((b, 0), bool)
+        self.update(detections, valid, *empty, **extra)
+        images = np.ones(b, bool) if "image_mask" not in batch else np.asarray(
+            batch["image_mask"], bool)
+        for slot, i in enumerate(np.flatnonzero(images)):
+            rec = records[int(np.asarray(batch["index"])[i])]
+            crowd = getattr(rec, "iscrowd", None)
+            self.ground_truths[start + slot] = (
+                np.asarray(rec.boxes, np.float64).reshape(-1, 4),
+                np.asarray(rec.labels, np.int64).reshape(-1),
+                np.zeros(len(rec.labels), bool) if crowd is None else np.asarray(crowd, bool))
 
     def compute(self) -> dict[str, Any]:
         """``coco_evaluate`` over everything added since the last :meth:`reset`."""

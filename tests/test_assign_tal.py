@@ -207,3 +207,35 @@ def test_bad_shapes_raise():
         task_aligned(scores, pd, pts, labels, gt, mask[:-1])
     with pytest.raises(ValueError, match="topk"):
         task_aligned(scores, pd, pts, labels, gt, mask, topk=0)
+
+
+@pytest.mark.slow
+@pytest.mark.peers
+@pytest.mark.parametrize("min_gt_size", [None, 16])
+def test_parity_ultralytics_full_scale(min_gt_size):
+    """640 px, 8400 anchors, 80 classes, 32 slots: realistic scale, exact agreement."""
+    torch = pytest.importorskip("torch")
+    tal = pytest.importorskip("ultralytics.utils.tal")
+    rng = np.random.default_rng(7)
+    pts, s = make_anchor_points([(80, 80), (40, 40), (20, 20)], [8, 16, 32])
+    pts = np.asarray(pts * s)
+    b, m, c = 2, 32, 80
+    mask = np.arange(m)[None] < np.array([[5], [32]])
+    ctr, wh = rng.uniform(0, 640, (b, m, 2)), rng.uniform(8, 300, (b, m, 2))
+    gt = (np.concatenate([ctr - wh / 2, ctr + wh / 2], -1) * mask[..., None]).astype(np.float32)
+    labels = (rng.integers(0, c, (b, m)) * mask).astype(np.int32)
+    pc, pwh = pts[None] + rng.normal(0, 4, (b, len(pts), 2)), rng.uniform(8, 200, (b, len(pts), 2))
+    pd = np.concatenate([pc - pwh / 2, pc + pwh / 2], -1).astype(np.float32)
+    scores = rng.uniform(0, 1, (b, len(pts), c)).astype(np.float32)
+    ref = tal.TaskAlignedAssigner(topk=10, num_classes=c, alpha=0.5, beta=6.0,
+                                  stride=[0.0] if min_gt_size is None else [8, 16, 32])
+    t = lambda x: torch.from_numpy(np.array(x))
+    want = ref(t(scores), t(pd), t(pts.astype(np.float32)),
+               t(labels[..., None].astype(np.float32)), t(gt), t(mask[..., None].astype(float)))
+    got = jax.jit(lambda *x: batched_task_aligned(*x, min_gt_size=min_gt_size))(
+        scores, pd, pts, labels, gt, mask)
+    for name, g, w in zip(got._fields, got, want):
+        if name == "scores":
+            np.testing.assert_allclose(np.asarray(g), w.numpy(), rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(np.asarray(g), w.numpy(), err_msg=name)

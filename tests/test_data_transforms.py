@@ -418,3 +418,14 @@ def test_flip_involution_and_affine_determinism(seed):
     b = random_affine(s, rng(seed), degrees=10.0)
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.boxes, b.boxes)
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (100, 50), (33, 77)])
+def test_letterbox_parity_with_ultralytics(shape):
+    pytest.importorskip("ultralytics")
+    from ultralytics.data.augment import LetterBox
+
+    img = np.random.default_rng(0).integers(0, 256, (*shape, 3)).astype(np.uint8)
+    ref = LetterBox(new_shape=(64, 64), auto=False, scaleup=True, center=True)(image=img)
+    out = letterbox(Sample(img, np.zeros((0, 4)), np.zeros(0)), 64)[0]
+    np.testing.assert_array_equal(out.image, ref)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from detjax.assign import match_quality, max_iou
 
-_match_mmdet = jax.jit(lambda q, m: match_quality(q, m, low_quality="mmdet"))
+_match_mmdet = jax.jit(lambda q, m, t: match_quality(q, m, low_quality="mmdet", min_pos_iou=t))
 _max_iou = jax.jit(max_iou, static_argnames=("allow_low_quality_matches", "low_quality"))
 
 
@@ -27,14 +27,16 @@ def _iou_np(a, b):
     return inter / union
 
 
-def _mmdet_oracle(q, pos=0.7, neg=0.3):
-    """mmdet MaxIoUAssigner.assign_wrt_overlaps (gt_max_assign_all, min_pos_iou=0), loops."""
+def _mmdet_oracle(q, pos=0.7, neg=0.3, min_pos_iou=0.0):
+    """mmdet MaxIoUAssigner.assign_wrt_overlaps (gt_max_assign_all=True), loops."""
     m, a = q.shape
     out = []
     for i in range(a):
         best = max(range(m), key=lambda j: (q[j, i], -j))
         out.append(best if q[best, i] >= pos else (-1 if q[best, i] < neg else -2))
     for j in range(m):
+        if q[j].max() < min_pos_iou:
+            continue
         for i in range(a):
             if q[j, i] == q[j].max():
                 out[i] = j
@@ -58,13 +60,13 @@ def test_parity_torchvision_matcher_with_ties(seed, low_quality):
 
 
 @settings(max_examples=10)
-@given(seed=st.integers(0, 2**16))
-def test_mmdet_low_quality_oracle(seed):
+@given(seed=st.integers(0, 2**16), min_pos_iou=st.sampled_from([0.0, 0.3]))
+def test_mmdet_low_quality_oracle(seed, min_pos_iou):
     rng = np.random.default_rng(seed)
     gt, anchors = _grid_boxes(rng, 4), _grid_boxes(rng, 30)
     q = np.array([[_iou_np(g, a) for a in anchors] for g in gt], np.float32)
-    got = _match_mmdet(q, np.ones(4, bool))
-    np.testing.assert_array_equal(got.matches, _mmdet_oracle(q))
+    got = _match_mmdet(q, np.ones(4, bool), min_pos_iou)
+    np.testing.assert_array_equal(got.matches, _mmdet_oracle(q, min_pos_iou=min_pos_iou))
 
 
 @settings(max_examples=8)

@@ -27,7 +27,8 @@ class Match(NamedTuple):
 
 def match_quality(quality: ArrayLike, gt_mask: ArrayLike, *, pos_threshold: float = 0.7,
                   neg_threshold: float = 0.3, allow_low_quality_matches: bool = True,
-                  low_quality: Literal["torchvision", "mmdet"] = "torchvision") -> Match:
+                  low_quality: Literal["torchvision", "mmdet"] = "torchvision",
+                  min_pos_iou: float = 0.0) -> Match:
     """Threshold a ``[M, A]`` quality (IoU) matrix of ground truth x anchors into a :class:`Match`.
 
     torchvision ``Matcher(pos_threshold, neg_threshold, allow_low_quality_matches)``:
@@ -36,7 +37,9 @@ def match_quality(quality: ArrayLike, gt_mask: ArrayLike, *, pos_threshold: floa
     anchor whose quality equals that box's maximum (all ties) becomes positive;
     ``low_quality="torchvision"`` gives it the anchor's own best box, ``"mmdet"``
     (``MaxIoUAssigner`` with ``gt_max_assign_all=True, min_pos_iou=0``) the box whose
-    maximum it attains, later boxes winning. Padded boxes (``gt_mask`` False) never match.
+    maximum it attains, later boxes winning. Only boxes whose maximum is at least
+    ``min_pos_iou`` (mmdet; 0 = every box, as torchvision) make low-quality matches.
+    Padded boxes (``gt_mask`` False) never match.
     """
     quality = jnp.asarray(quality, jnp.float32)
     gt_mask = jnp.asarray(gt_mask, bool)
@@ -54,7 +57,8 @@ def match_quality(quality: ArrayLike, gt_mask: ArrayLike, *, pos_threshold: floa
     matches = jnp.where(best >= pos_threshold, best_gt,
                         jnp.where(best < neg_threshold, NEGATIVE, IGNORED))
     if allow_low_quality_matches:
-        is_gt_best = (q == q.max(1, keepdims=True)) & gt_mask[:, None]  # [M, A]
+        gt_best = q.max(1, keepdims=True)  # [M, 1]
+        is_gt_best = (q == gt_best) & (gt_best >= min_pos_iou) & gt_mask[:, None]  # [M, A]
         if low_quality == "torchvision":
             matches = jnp.where(is_gt_best.any(0), best_gt, matches)
         else:
@@ -66,7 +70,8 @@ def match_quality(quality: ArrayLike, gt_mask: ArrayLike, *, pos_threshold: floa
 def max_iou(anchors: ArrayLike, gt_boxes: ArrayLike, gt_mask: ArrayLike, *,
             pos_threshold: float = 0.7, neg_threshold: float = 0.3,
             allow_low_quality_matches: bool = True,
-            low_quality: Literal["torchvision", "mmdet"] = "torchvision") -> Match:
+            low_quality: Literal["torchvision", "mmdet"] = "torchvision",
+            min_pos_iou: float = 0.0) -> Match:
     """Max-IoU assignment of xyxy ``anchors [A, 4]`` to ``gt_boxes [M, 4]`` with ``gt_mask [M]``.
 
     IoU is :func:`detjax.box_iou`; thresholds as torchvision's RPN ``Matcher(0.7, 0.3,
@@ -85,4 +90,4 @@ def max_iou(anchors: ArrayLike, gt_boxes: ArrayLike, gt_mask: ArrayLike, *,
     return match_quality(box_iou(gt_boxes, anchors), gt_mask, pos_threshold=pos_threshold,
                          neg_threshold=neg_threshold,
                          allow_low_quality_matches=allow_low_quality_matches,
-                         low_quality=low_quality)
+                         low_quality=low_quality, min_pos_iou=min_pos_iou)

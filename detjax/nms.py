@@ -247,7 +247,7 @@ def nms(boxes: ArrayLike, scores: ArrayLike, *, iou_threshold: ArrayLike, max_ou
     Reference: ``torchvision.ops.nms`` — boxes are visited in descending score order and
     a box is dropped when its IoU with an already kept box is *strictly* greater than
     ``iou_threshold``. ``indices[:count]`` equals torchvision's result truncated to
-    ``max_output`` whenever scores have no ties (ties are broken by lower index first).
+    ``max_output``; equal scores go lower index first, like torchvision's stable sort.
     Boxes with NaN coordinates/scores, ``-inf`` scores or scores ``<= score_threshold``
     (when given) are ignored. ``iou_threshold`` and ``score_threshold`` may be traced; a
     Python-number ``iou_threshold`` reproduces torchvision's float64 comparison exactly,

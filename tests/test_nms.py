@@ -201,6 +201,15 @@ def test_nms_matches_greedy_oracle(seed, n, threshold, max_output):
     np.testing.assert_array_equal(np.asarray(result.scores)[: len(expected)], scores[expected])
 
 
+@given(seed=st.integers(0, 2**31), n=st.integers(1, N_PAD), threshold=THRESHOLDS)
+def test_nms_score_ties_break_by_lower_index(seed, n, threshold):
+    rng = np.random.default_rng(seed)
+    boxes = clustered_boxes(rng, n)
+    scores = rng.integers(0, 4, n).astype(np.float32) / 4  # many ties
+    result = jit_nms(*padded(boxes, scores), iou_threshold=threshold, max_output=N_PAD)
+    np.testing.assert_array_equal(kept(result), np_greedy(boxes, scores, f32(threshold)))
+
+
 @pytest.mark.parametrize("n", [600, 2000])  # several compaction levels
 def test_nms_compaction_levels_match_oracle(n):
     rng = np.random.default_rng(n)
@@ -548,6 +557,18 @@ def test_nms_parity_torchvision(n, threshold, max_output):
     expected = ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), threshold).numpy()
     result = jit_nms(boxes, scores, iou_threshold=threshold, max_output=max_output)
     np.testing.assert_array_equal(kept(result), expected[:max_output])
+
+
+@pytest.mark.peers
+def test_nms_parity_torchvision_with_ties():
+    torch = pytest.importorskip("torch")
+    ops = pytest.importorskip("torchvision.ops")
+    rng = np.random.default_rng(2)
+    boxes = clustered_boxes(rng, 700, num_objects=10, size=640)
+    scores = rng.integers(0, 8, 700).astype(np.float32) / 8
+    expected = ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.5).numpy()
+    result = jax.jit(partial(nms, iou_threshold=0.5, max_output=700))(boxes, scores)
+    np.testing.assert_array_equal(kept(result), expected)
 
 
 @pytest.mark.peers

@@ -6,7 +6,7 @@ augmentations (mosaic 1.0, affine translate 0.1 / scale 0.5, HSV 0.015/0.7/0.4, 
 Reports images/s (median over repeats) at 320 and 640 px with 0 and 2 workers, and the
 start-up time (first batch, incl. worker start) separately.
 
-    python benchmarks/bench_loader.py [--images 96] [--batches 6] [--repeats 3]
+    python benchmarks/bench_loader.py [--images 160] [--batches 5] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -18,19 +18,25 @@ import tempfile
 import time
 
 
-def _time_batches(make_iter, n_batches: int, batch_size: int, repeats: int):
-    """(start-up seconds, median images/s) of ``n_batches`` after the first batch."""
+def _time_batches(make_iter, n_batches: int, batch_size: int, repeats: int, workers: int):
+    """(start-up seconds, median steady images/s).
+
+    Start-up is the time to the first batch (incl. worker start). The steady rate is
+    measured over ``n_batches`` after skipping the ``2 * workers`` batches that the
+    workers of both loaders may have prefetched meanwhile.
+    """
     rates, startup = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         it = make_iter()
         next(it)
+        startup.append(time.perf_counter() - t0)
+        for _ in range(2 * workers):
+            next(it)
         t1 = time.perf_counter()
         for _ in range(n_batches):
             next(it)
-        t2 = time.perf_counter()
-        startup.append(t1 - t0)
-        rates.append(n_batches * batch_size / (t2 - t1))
+        rates.append(n_batches * batch_size / (time.perf_counter() - t1))
         del it
     return statistics.median(startup), statistics.median(rates)
 
@@ -43,7 +49,7 @@ def _detjax(ds, size, workers, batch, n_batches, repeats):
                         max_boxes=100)
         return iter(loader)
 
-    return _time_batches(make, n_batches, batch, repeats)
+    return _time_batches(make, n_batches, batch, repeats, workers)
 
 
 def _ultralytics(yaml_path, names, size, workers, batch, n_batches, repeats):
@@ -62,21 +68,22 @@ def _ultralytics(yaml_path, names, size, workers, batch, n_batches, repeats):
         return iter(build_dataloader(ds, batch, workers, shuffle=True, pin_memory=False,
                                      device="cpu"))
 
-    return _time_batches(make, n_batches, batch, repeats)
+    return _time_batches(make, n_batches, batch, repeats, workers)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=96)
+    p.add_argument("--images", type=int, default=160)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--batches", type=int, default=5, help="timed batches per repeat")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "detjax-bench"))
     args = p.parse_args()
-    if args.images < args.batch * (args.batches + 1):
-        p.error("--images must be >= batch * (batches + 1) (ultralytics iterates one epoch)")
+    need = args.batch * (args.batches + 1 + 2 * max(args.workers))
+    if args.images < need:
+        p.error(f"--images must be >= {need} (ultralytics iterates one epoch)")
 
     from detjax.data import synthetic_dataset, write_dataset
 
@@ -100,8 +107,9 @@ def main() -> None:
                                         args.batches, args.repeats)
             rows.append((size, w, r_d, r_u, s_d, s_u))
             print(f"  done size={size} workers={w}", flush=True)
-    print(f"\nimages/s, batch {args.batch}, mosaic on, median of {args.repeats} x "
-          f"{args.batches} batches (start-up = first batch incl. worker start)")
+    print(f"\nsteady images/s, batch {args.batch}, mosaic on, median of {args.repeats} x "
+          f"{args.batches} batches after the first 1 + 2 x workers; start-up = time to the "
+          "first batch incl. worker start (detjax workers run across epochs)")
     print(f"{'size':>5} {'workers':>7} {'detjax img/s':>13} {'ultralytics img/s':>18} "
           f"{'ratio d/u':>9} {'start-up d (s)':>14} {'start-up u (s)':>14}")
     for size, w, r_d, r_u, s_d, s_u in rows:

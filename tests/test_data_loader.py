@@ -177,10 +177,17 @@ def test_unknown_op_fails_at_construction(ds):
 
 
 def test_workers_match_in_process(ds):
+    """grain workers give the same batches, across epochs and after a restore."""
     pytest.importorskip("grain")
     cfg = LoaderConfig(batch_size=4, image_size=64, epochs=2, seed=5)
-    a = list(Loader(ds, cfg).epoch())
+    ref = Loader(ds, cfg)
+    a = list(ref.epoch()) + list(ref.epoch())
     loader = Loader(ds, dataclasses.replace(cfg, workers=2))
     b = list(loader.epoch())
-    assert len(a) == len(b) and all(batches_equal(x, y) for x, y in zip(a, b))
     assert loader.state.epoch == 1 and loader.state.position == 0
+    it = loader.epoch()
+    b += [next(it) for _ in range(2)]
+    loader.restore(loader.state.to_dict())  # restarts the workers mid-epoch
+    b += list(loader.epoch())
+    loader.close()
+    assert len(a) == len(b) == 12 and all(batches_equal(x, y) for x, y in zip(a, b))

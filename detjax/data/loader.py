@@ -295,6 +295,8 @@ class Loader:
         self.config = config
         self.state = LoaderState(seed=config.seed)
         self.report = DataReport()
+        self._offsets: list[int] = [0]
+        self._stream: list | None = None  # [grain iterator, next global batch index]
         self._factors = None
         if config.repeat_threshold is not None:
             self._factors = repeat_factors([r.labels for r in dataset], dataset.num_classes,
@@ -335,19 +337,25 @@ class Loader:
         if state.seed != self.config.seed:
             raise ValueError(f"state seed {state.seed} != loader seed {self.config.seed}")
         self.state = state
+        self.close()
+
+    def close(self) -> None:
+        """Stops the grain worker processes (they restart on the next batch)."""
+        self._stream = None
 
     def epoch(self) -> Iterator[dict[str, Any]]:
         """Yields the rest of the current epoch's batches, then moves to the next epoch."""
         epoch, start = self.state.epoch, self.state.position
-        maker = self.batch_maker(epoch)
         n = self.num_batches(epoch)
-        for k, batch in enumerate(self._iterate(maker, start, n)):
+        source = self._batches(epoch, start, n)
+        for k in range(start, n):
+            batch = next(source)
             problems = batch.pop("problems", None)
             if problems is not None:
                 for p in problems:
                     self._note(str(p))
-            last = start + k + 1 == n
-            self.state = LoaderState(epoch + 1 if last else epoch, 0 if last else start + k + 1,
+            last = k + 1 == n
+            self.state = LoaderState(epoch + 1 if last else epoch, 0 if last else k + 1,
                                      self.config.seed)
             yield batch
         if start >= n:
@@ -365,19 +373,59 @@ class Loader:
             self.report.skipped_images += 1
         self.report.add(message)
 
-    def _iterate(self, maker: _BatchMaker, start: int, stop: int) -> Iterator[dict[str, Any]]:
-        if start >= stop:
-            return
+    def _epoch_offsets(self, last_epoch: int) -> np.ndarray:
+        """Global index of the first batch of epochs 0..last_epoch + 1 (cumulative)."""
+        while len(self._offsets) < last_epoch + 2:
+            e = len(self._offsets) - 1
+            self._offsets.append(self._offsets[-1] + self.num_batches(e))
+        return np.asarray(self._offsets[:last_epoch + 2])
+
+    def _batches(self, epoch: int, start: int, stop: int) -> Iterator[dict[str, Any]]:
+        """Batches ``start..stop-1`` of ``epoch``. With workers, one grain pipeline runs
+        over all remaining epochs (up to ``config.epochs``), so worker processes start once
+        and keep prefetching across epoch boundaries; it restarts after a restore."""
         if self.config.workers <= 0:
-            for b in range(start, stop):
-                yield maker(b)
-            return
+            maker = self.batch_maker(epoch)
+            return (maker(b) for b in range(start, stop))
+        last = max(self.config.epochs, epoch + 1) - 1
+        offsets = self._epoch_offsets(last)
+        g = int(offsets[epoch]) + start
+        if self._stream is None or self._stream[1] != g:
+            self._stream = [self._grain_stream(g, int(offsets[-1]), offsets), g]
+        return self._advance(stop - start)
+
+    def _advance(self, count: int) -> Iterator[dict[str, Any]]:
+        for _ in range(count):
+            batch = next(self._stream[0])
+            self._stream[1] += 1
+            yield batch
+
+    def _grain_stream(self, start: int, stop: int, offsets: np.ndarray):
         import grain
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # grain reads absl flags; outside absl.app
             flags.FLAGS.mark_as_parsed()  # none were given, so their defaults apply
+        maker = _GlobalBatchMaker(self.dataset.records, self.config, self._factors, offsets)
         ds = grain.MapDataset.range(start, stop).map(maker).to_iter_dataset()
         opts = grain.MultiprocessingOptions(num_workers=self.config.workers,
                                             per_worker_buffer_size=2)
-        yield from ds.mp_prefetch(opts)
+        return iter(ds.mp_prefetch(opts))
+
+
+class _GlobalBatchMaker:
+    """Global batch index (over consecutive epochs) -> batch dict, for grain workers."""
+
+    def __init__(self, records, config: LoaderConfig, factors, offsets: np.ndarray):
+        self.records, self.config, self.factors = records, config, factors
+        self.offsets = offsets
+        self._maker: _BatchMaker | None = None
+
+    def __call__(self, g: int) -> dict[str, Any]:
+        e = int(np.searchsorted(self.offsets, g, side="right") - 1)
+        if self._maker is None or self._maker.epoch != e:
+            c = self.config
+            idx = epoch_indices(len(self.records), epoch=e, seed=c.seed, shuffle=c.shuffle,
+                                factors=self.factors)
+            self._maker = _BatchMaker(self.records, c, e, idx)
+        return self._maker(g - int(self.offsets[e]))

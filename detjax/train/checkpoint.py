@@ -119,3 +119,48 @@ def _jsonable(value: Any) -> Any:
         arr = np.asarray(value)
         return arr.item() if arr.ndim == 0 else arr.tolist()
     return value
+
+
+def find_run_dir(path: str | os.PathLike) -> Path:
+    """The run folder (holding ``config.yaml``) of ``path``: itself or up to 3 parents."""
+    p = Path(path).absolute()
+    for candidate in (p, *list(p.parents)[:3]):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no config.yaml here or in its parents (not a run folder)")
+
+
+def restore_for_inference(path: str | os.PathLike, overrides: list[str] | None = None):
+    """``(ema_model, state, config)`` of a run folder, its ``best`` / ``checkpoints`` folder or
+    one numbered save in them. Prefers ``best`` when given the run folder; the model is the EMA
+    weights in eval mode (``detjax.train.state.ema_model``)."""
+    from detjax.config import load_config
+    from detjax.train.loop import build_model, step_config
+    from detjax.train.state import create_train_state, ema_model
+
+    p = Path(path).absolute()
+    run_dir = find_run_dir(p)
+    cfg = load_config(str(run_dir / "config.yaml"), list(overrides or []))
+    step = int(p.name) if p.name.isdigit() else None
+    folder = p.parent if step is not None else p
+    if folder == run_dir:
+        folder = next((run_dir / n for n in ("best", "checkpoints")
+                       if (run_dir / n).is_dir()
+                       and any(c.name.isdigit() for c in (run_dir / n).iterdir())), None)
+        if folder is None:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint under best/ or checkpoints/")
+    ckpt = Checkpointer(folder, max_to_keep=None)
+    try:
+        meta = ckpt.restore_meta(step)
+        names = meta.get("class_names")
+        if not names:
+            from detjax.train.loop import build_datasets
+
+            names = list(build_datasets(cfg)[1].class_names)
+        template = create_train_state(build_model(cfg, len(names)),
+                                      step_config(cfg, int(meta.get("iters_per_epoch", 1))))
+        state, meta = ckpt.restore(template, step)
+    finally:
+        ckpt.close()
+    cfg.data.class_names = list(names) if cfg.data.format == "voc" else cfg.data.class_names
+    return ema_model(state), state, cfg

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 def ema_decay(updates, *, decay: float = 0.9999, tau: float = 2000.0) -> jax.Array:
     """``decay * (1 - exp(-updates / tau))`` for the ``updates``-th update (1-based)."""
     updates = jnp.asarray(updates, jnp.float32)
-    return decay * (1 - jnp.exp(-updates / tau))
+    return decay * -jnp.expm1(-updates / tau)  # 1 - exp(-x) without float32 cancellation
 
 
 def ema_update(ema_tree: Any, model_tree: Any, updates, *, decay: float = 0.9999,

@@ -321,7 +321,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         bar = _progress(nb - train_loader.state.position, f"{epoch + 1}/{epochs}",
                         cfg.log.progress and is_main)
         sums: dict[str, float] = {}
-        count, pending, images_seen = 0, [], 0
+        count, pending, images_seen, window = 0, [], 0, (time.time(), 0)
         it = int(runner.host_state(state).iteration)
         for batch in train_loader.epoch():
             state, m = runner.step(state, {k: batch[k] for k in MODEL_KEYS})
@@ -331,10 +331,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
             bar.update(1)
             if len(pending) >= cfg.log.every:
                 count = _flush(pending, sums, count, steps_csv, writer, epoch, bar,
-                               images_seen / max(time.time() - t0, 1e-9))
-                pending = []
+                               (images_seen - window[1]) / max(time.time() - window[0], 1e-9))
+                pending, window = [], (time.time(), images_seen)
         count = _flush(pending, sums, count, steps_csv, writer, epoch, bar,
-                       images_seen / max(time.time() - t0, 1e-9))
+                       (images_seen - window[1]) / max(time.time() - window[0], 1e-9))
         bar.close()
         epoch += 1
         epoch_time = time.time() - t0
@@ -378,7 +378,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         if improved:
             best_map = float(result["map"])
         meta = {"epoch": epoch, "epochs": epochs, "loader": train_loader.state.to_dict(),
-                "best_map": best_map, "train_time": train_time, "metrics": row}
+                "best_map": best_map, "train_time": train_time, "metrics": row,
+                "class_names": class_names, "iters_per_epoch": nb}
         if last or epoch % max(int(cfg.checkpoint.every), 1) == 0:
             ckpt.save(epoch, host, meta)
         if improved and best_ckpt is not None:

@@ -169,9 +169,9 @@ jit_eval_forward = jax.jit(eval_forward, static_argnames="use_ema")
 
 
 def replicate(tree: Any, devices=None) -> Any:
-    """Stacks ``tree`` once per local device (the pmap state layout)."""
-    devices = devices or jax.local_devices()
-    return jax.device_put_replicated(tree, devices)
+    """Stacks ``tree`` once per local device (the pmap state layout ``[n_devices, ...]``)."""
+    n = len(devices or jax.local_devices())
+    return jax.tree.map(lambda x: jnp.broadcast_to(jnp.asarray(x), (n, *jnp.shape(x))), tree)
 
 
 def unreplicate(tree: Any) -> Any:

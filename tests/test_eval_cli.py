@@ -10,7 +10,7 @@ import pytest
 
 from detjax import cli
 from detjax.eval import coco_evaluate
-from detjax.eval.cli import find_run_dir, format_metrics, val_main
+from detjax.eval.cli import format_metrics, val_main
 from detjax.infer.cli import predict_main
 
 
@@ -30,14 +30,6 @@ def test_missing_arguments_and_bad_paths_exit_2(tmp_path, capsys):
     assert "no config.yaml" in capsys.readouterr().err
     assert val_main([str(tmp_path), "--bogus"]) == 2
     assert "unknown arguments" in capsys.readouterr().err
-
-
-def test_find_run_dir_walks_up(tmp_path):
-    (tmp_path / "config.yaml").write_text("seed: 0\n")
-    deep = tmp_path / "best" / "3"
-    deep.mkdir(parents=True)
-    assert find_run_dir(deep) == tmp_path
-    assert find_run_dir(tmp_path) == tmp_path
 
 
 def test_format_metrics_lists_every_number_and_class():

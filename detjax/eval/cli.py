@@ -1,10 +1,11 @@
 """``detjax val``: COCO metrics of a trained run on its validation split (EMA weights, jitted
 postprocess, pycocotools-equal mAP), with the PR curve and a grid of validation images.
 
-Checkpoints come from the TRAIN helper's ``detjax.train.checkpoint``. The documented entry
-point is ``detjax.train.checkpoint.restore_for_inference(path) -> (model, state, config)``;
-until it exists, :func:`load_run` rebuilds the template state from ``<run>/config.yaml`` with
-``detjax.train.loop``'s builders and restores ``<run>/best`` (else ``<run>/checkpoints``).
+Checkpoints come from the TRAIN helper's ``detjax.train.checkpoint``: the documented entry
+point ``restore_for_inference(path, overrides) -> (model, state, config)`` restores a run
+folder (preferring ``best/``), a checkpoint folder or one numbered save; the evaluation loop is
+``detjax.train.loop.evaluate`` (EMA weights, jitted ``non_max_suppression``, this package's
+:class:`~detjax.eval.Evaluator`).
 """
 
 from __future__ import annotations
@@ -39,54 +40,14 @@ class LoadedRun(NamedTuple):
     checkpoint_dir: Path
 
 
-def find_run_dir(path: str | Path) -> Path:
-    """The run folder (holding ``config.yaml``) of ``path``: itself or up to 3 parents."""
-    p = Path(path).absolute()
-    for candidate in (p, *list(p.parents)[:3]):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"{path}: no config.yaml here or in its parents; pass a run folder "
-                            "written by `detjax train`")
-
-
-def _checkpoint_dir(path: Path, run_dir: Path) -> Path:
-    if path.absolute() != run_dir:
-        # a checkpoint manager folder (numbered saves) or one numbered save inside it
-        return path.absolute().parent if path.name.isdigit() else path.absolute()
-    for name in ("best", "checkpoints"):
-        if (run_dir / name).is_dir() and any(c.name.isdigit() for c in (run_dir / name).iterdir()):
-            return run_dir / name
-    raise FileNotFoundError(f"{run_dir}: no saved checkpoint under best/ or checkpoints/")
-
-
 def load_run(path: str | Path, overrides: list[str] | None = None) -> LoadedRun:
-    """Restores the EMA-carrying ``TrainState`` and config of a run for inference."""
-    from detjax.config import load_config
+    """Restores the EMA-carrying ``TrainState`` and config of a run for inference through
+    ``detjax.train.checkpoint.restore_for_inference`` (run folder, its ``best`` /
+    ``checkpoints`` folder, or one numbered save)."""
+    from detjax.train.checkpoint import find_run_dir, restore_for_inference
 
-    run_dir = find_run_dir(path)
-    cfg = load_config(str(run_dir / "config.yaml"), list(overrides or []))
-    try:
-        from detjax.train.checkpoint import restore_for_inference
-    except ImportError:
-        restore_for_inference = None
-    if restore_for_inference is not None:
-        _, state, _ = restore_for_inference(str(path))
-        return LoadedRun(state, cfg, run_dir, None, Path(path).absolute())
-    ckpt_dir = _checkpoint_dir(Path(path), run_dir)
-    from detjax.train.checkpoint import Checkpointer
-    from detjax.train.loop import build_datasets, build_model, step_config
-    from detjax.train.state import create_train_state
-
-    _, val_ds = build_datasets(cfg)
-    names = list(val_ds.class_names)
-    template = create_train_state(build_model(cfg, len(names)), step_config(cfg, 1))
-    step = int(Path(path).name) if Path(path).name.isdigit() else None
-    checkpointer = Checkpointer(ckpt_dir, max_to_keep=None)
-    try:
-        state, _ = checkpointer.restore(template, step)
-    finally:
-        checkpointer.close()
-    return LoadedRun(state, cfg, run_dir, names, ckpt_dir)
+    _, state, cfg = restore_for_inference(str(path), list(overrides or []))
+    return LoadedRun(state, cfg, find_run_dir(path), None, Path(path).absolute())
 
 
 def format_metrics(result: dict[str, Any]) -> str:

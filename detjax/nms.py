@@ -171,9 +171,9 @@ def _resolve_tile(sup: jax.Array, alive: jax.Array) -> jax.Array:
 
 
 def _round(suppress: SuppressFn, tile: int, max_output: int, data, scores, orig, state):
-    """One round on a compacted level. state = (alive [M], out [K], out_scores [K], count)."""
-    alive, out, out_scores, count = state
-    top, idx = lax.top_k(jnp.where(alive, scores, -jnp.inf), tile)  # [T] best alive first
+    """One round on a compacted level. state = (alive [M], out [K], count)."""
+    alive, out, count = state
+    _, idx = lax.top_k(jnp.where(alive, scores, -jnp.inf), tile)  # [T] best alive first
     cand_alive = alive[idx]
     cand = _take(data, idx)
     upper = jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]
@@ -182,8 +182,7 @@ def _round(suppress: SuppressFn, tile: int, max_output: int, data, scores, orig,
     alive = (alive & ~killed).at[idx].set(False)
     slot = jnp.where(kept, count + jnp.cumsum(kept) - 1, max_output)  # out-of-range = drop
     out = out.at[slot].set(orig[idx], mode="drop")
-    out_scores = out_scores.at[slot].set(top, mode="drop")
-    return alive, out, out_scores, count + jnp.sum(kept, dtype=jnp.int32)
+    return alive, out, count + jnp.sum(kept, dtype=jnp.int32)
 
 
 def _level_sizes(n: int, tile: int) -> list[int]:
@@ -204,8 +203,8 @@ def _greedy_nms(data: tuple[jax.Array, ...], scores: jax.Array, ok: jax.Array,
                 suppress: SuppressFn, max_output: int, tile: int = _TILE) -> NMSResult:
     """Exact greedy NMS over boxes described by ``data`` (arrays with leading dim N)."""
     n = scores.shape[0]
+    all_scores = scores
     out = jnp.full((max_output,), -1, jnp.int32)
-    out_scores = jnp.zeros((max_output,), jnp.float32)
     count = jnp.int32(0)
     if n > 0 and max_output > 0:
         orig = jnp.arange(n, dtype=jnp.int32)
@@ -218,17 +217,17 @@ def _greedy_nms(data: tuple[jax.Array, ...], scores: jax.Array, ok: jax.Array,
             t = min(tile, size)
 
             def cond(state, next_size=next_size):
-                alive, _, _, count = state
+                alive, _, count = state
                 n_alive = jnp.sum(alive, dtype=jnp.int32)
                 return (n_alive > 0) & (n_alive > next_size) & (count < max_output)
 
             body = lambda state, data=data, scores=scores, orig=orig, t=t: _round(
                 suppress, t, max_output, data, scores, orig, state)
-            alive, out, out_scores, count = lax.while_loop(
-                cond, body, (alive, out, out_scores, count))
+            alive, out, count = lax.while_loop(cond, body, (alive, out, count))
     count = jnp.minimum(count, max_output)
     valid = jnp.arange(max_output) < count
-    return NMSResult(out, count, valid, jnp.where(valid, out_scores, 0.0))
+    kept_scores = all_scores[jnp.maximum(out, 0)] if n > 0 else jnp.zeros(max_output)
+    return NMSResult(out, count, valid, jnp.where(valid, kept_scores, 0.0))
 
 
 def _iou_suppress(threshold: jax.Array) -> SuppressFn:

@@ -540,6 +540,26 @@ def test_non_max_suppression_ignores_nan_anchors():
     np.testing.assert_array_equal(np.asarray(r.detections[0, : int(r.count[0])]), expected[0])
 
 
+def test_gradients_flow_through_kept_rows_and_stay_finite_on_degenerate_boxes():
+    pred = yolo_prediction(np.random.default_rng(12), batch=1)
+    pred[0, 2:4, :40] = 0.0  # zero-size boxes
+    pred[0, :4, 40:60] = 5.0  # identical boxes
+    loss = lambda p: non_max_suppression(p, conf_thres=0.1).detections.sum()
+    grad = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(pred)))
+    assert np.all(np.isfinite(grad))
+    # d(sum of rows)/d(score) is 1 for each kept (anchor, class) score, 0 elsewhere.
+    r = non_max_suppression(pred, conf_thres=0.1)
+    count = int(r.count[0])
+    labels = np.asarray(r.detections[0, :count, 5]).astype(int)
+    anchors = np.asarray(r.indices[0, :count])
+    np.testing.assert_array_equal(grad[0, 4 + labels, anchors], np.ones(count))
+    assert grad[0, 4:].sum() == count
+    boxes = np.zeros((6, 4), np.float32)
+    g = jax.jit(jax.grad(lambda s: nms(boxes, s, iou_threshold=0.5, max_output=3).scores.sum()))(
+        jnp.arange(6.0))
+    assert np.all(np.isfinite(np.asarray(g))) and float(g.sum()) == 3.0
+
+
 # ----------------------------------------------------------------------------------------
 # Parity with installed peers
 # ----------------------------------------------------------------------------------------

@@ -111,12 +111,14 @@ def clip_boxes(boxes: ArrayLike, size: tuple[int, int] | ArrayLike) -> jax.Array
 
 
 def _iou_core(b1: jax.Array, b2: jax.Array, kind: str, eps: float, union_eps: float,
-              convention: str) -> jax.Array:
+              convention: str, clamp_enclosing: bool = False) -> jax.Array:
     """IoU-family value for broadcastable xyxy boxes ``b1 [..., 4]`` and ``b2 [..., 4]``.
 
     ``kind`` is one of iou, giou, diou, ciou. ``union_eps`` is added to the IoU
     denominator (0 for torchvision.ops pairwise, eps for torchvision losses and
     ultralytics); ``eps`` is the DIoU/CIoU (and, for ultralytics, GIoU) epsilon.
+    ``clamp_enclosing`` clamps the enclosing box's sides at 0 as ``torchvision.ops``'
+    pairwise functions do (its losses do not; it matters only for inverted boxes).
     """
     x11, y11, x12, y12 = (b1[..., i] for i in range(4))
     x21, y21, x22, y22 = (b2[..., i] for i in range(4))
@@ -136,7 +138,7 @@ def _iou_core(b1: jax.Array, b2: jax.Array, kind: str, eps: float, union_eps: fl
     # Smallest enclosing box.
     cw = jnp.maximum(x12, x22) - jnp.minimum(x11, x21)
     ch = jnp.maximum(y12, y22) - jnp.minimum(y11, y21)
-    if convention == "torchvision":  # torchvision clamps the enclosing box at 0
+    if clamp_enclosing:
         cw, ch = jnp.clip(cw, 0), jnp.clip(ch, 0)
     if kind == "giou":
         c_area = cw * ch + (eps if convention == "ultralytics" else union_eps)
@@ -166,7 +168,7 @@ def _pairwise(kind: str, boxes1: ArrayLike, boxes2: ArrayLike, eps: float) -> ja
         raise ValueError(f"pairwise IoU needs [..., N, 4] boxes, got {b1.shape}")
     dtype = jnp.promote_types(b1.dtype, b2.dtype)
     return _iou_core(b1[..., :, None, :].astype(dtype), b2[..., None, :, :].astype(dtype),
-                     kind, eps, 0.0, "torchvision")  # [..., N, M]
+                     kind, eps, 0.0, "torchvision", clamp_enclosing=True)  # [..., N, M]
 
 
 def box_iou(boxes1: ArrayLike, boxes2: ArrayLike) -> jax.Array:

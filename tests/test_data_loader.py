@@ -176,13 +176,19 @@ def test_unknown_op_fails_at_construction(ds):
         Loader(ds, pipeline=("mosiac",))
 
 
-def test_workers_match_in_process(ds):
-    """grain workers give the same batches, across epochs and after a restore."""
+def test_workers_match_in_process(ds, tmp_path):
+    """grain workers give the same batches and reports, across epochs and after a restore."""
     pytest.importorskip("grain")
-    cfg = LoaderConfig(batch_size=4, image_size=64, epochs=2, seed=5)
-    ref = Loader(ds, cfg)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\x00garbage")
+    recs = list(ds.records) + [Record(str(bad), (128, 128), np.zeros((0, 4), np.float32),
+                                      np.zeros(0, np.int32))]
+    broken = DetectionDataset(recs, ds.class_names)
+    cfg = LoaderConfig(batch_size=4, image_size=64, epochs=2, seed=5, on_error="skip")
+    ref = Loader(broken, cfg)
     a = list(ref.epoch()) + list(ref.epoch())
-    loader = Loader(ds, dataclasses.replace(cfg, workers=2))
+    assert ref.report.skipped_images >= 1  # the problem report travels with the batch
+    loader = Loader(broken, dataclasses.replace(cfg, workers=2))
     b = list(loader.epoch())
     assert loader.state.epoch == 1 and loader.state.position == 0
     it = loader.epoch()
@@ -191,3 +197,4 @@ def test_workers_match_in_process(ds):
     b += list(loader.epoch())
     loader.close()
     assert len(a) == len(b) == 12 and all(batches_equal(x, y) for x, y in zip(a, b))
+    assert loader.report.problems == ref.report.problems

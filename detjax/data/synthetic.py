@@ -3,7 +3,7 @@
 ``synthetic_dataset(split)`` returns a :class:`DetectionDataset` of ``SHAPES`` (7 visually
 distinct classes: ellipse, rectangle, triangle, star, cross, ring, arrow) drawn with
 solid, striped, checkered or gradient fills in varied colours, at scales from small
-(~16 px at the default 256 px, difficulty 0.5) to large, with random aspect ratios and
+(~20 px at the default 256 px, difficulty 0.5) to ~115 px, with random aspect ratios and
 rotations, limited occlusion, 0 to many objects per image, on smooth-noise backgrounds
 with clutter lines and dots. Boxes are exact: each box tightly encloses the object's
 *visible* pixels (``xyxy`` pixel edges); an object is only placed if every object it
@@ -181,8 +181,9 @@ def generate_image(seed: int, index: int, *, split: str = "train",
                    config: SyntheticConfig = SyntheticConfig()):
     """One synthetic image: (uint8 [S,S,3] RGB, boxes f32 [n,4], labels i32 [n], id map).
 
-    The instance-id map (uint8 ``[S, S]``, value ``k + 1`` = object ``k``) holds the
-    visible pixels of each object; ``boxes[k]`` tightly encloses them (xyxy pixel edges).
+    The instance-id map (uint8 ``[S, S]``, uint16 above 255 objects; value ``k + 1`` =
+    object ``k``) holds the visible pixels of each object; ``boxes[k]`` tightly encloses
+    them (xyxy pixel edges).
     Deterministic in (seed, split, index).
     """
     cfg = config.resolved()
@@ -233,7 +234,8 @@ def generate_image(seed: int, index: int, *, split: str = "train",
         owner = remap[owner]
         boxes = boxes[keep]
     labels_arr = np.asarray(labels, np.int32)[keep] if labels else np.zeros(0, np.int32)
-    return img.astype(np.uint8), boxes, labels_arr, owner.astype(np.uint8)
+    map_type = np.uint8 if len(labels_arr) < 256 else np.uint16
+    return img.astype(np.uint8), boxes, labels_arr, owner.astype(map_type)
 
 
 def _occlusion_ok(owner: np.ndarray, covered: np.ndarray, areas: list[int],

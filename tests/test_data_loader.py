@@ -198,3 +198,10 @@ def test_workers_match_in_process(ds, tmp_path):
     loader.close()
     assert len(a) == len(b) == 12 and all(batches_equal(x, y) for x, y in zip(a, b))
     assert loader.report.problems == ref.report.problems
+
+
+def test_copy_paste_without_masks_warns(ds):
+    plain = DetectionDataset([dataclasses.replace(r, mask_path=None) for r in ds], ds.class_names)
+    with pytest.warns(UserWarning, match="no instance masks"):
+        loader = Loader(plain, batch_size=4, image_size=64, aug=AugmentConfig(copy_paste=0.5))
+    assert len(loader) == 6

@@ -303,6 +303,15 @@ class Loader:
                                            threshold=config.repeat_threshold)
         self.batch_maker(0)  # builds the ops: bad op names or parameters fail here
         self._check_max_boxes()
+        if config.augment and config.aug.copy_paste > 0 and not any(
+                r.has_masks for r in dataset.records[:100]):
+            warnings.warn("copy_paste > 0 but the data set has no instance masks (COCO "
+                          "polygons, YOLO segments or mask files): copy-paste does nothing",
+                          stacklevel=2)
+
+    def __len__(self) -> int:
+        """Batches in the current epoch."""
+        return self.num_batches()
 
     def _check_max_boxes(self) -> None:
         over = [(r.image_path, len(r.labels)) for r in self.dataset

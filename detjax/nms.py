@@ -199,34 +199,40 @@ def _compact(alive: jax.Array, size: int, data, scores, orig):
     return new_alive, _take(data, idx), scores[idx], orig[idx]
 
 
+def _run_level(suppress: SuppressFn, max_output: int, tile: int, next_size: int, data,
+               scores, orig, state):
+    """Rounds on one compacted level until its alive boxes fit ``next_size`` (-1: the
+    last level), nothing is alive, or ``max_output`` boxes are kept."""
+
+    def cond(state):
+        alive, _, count = state
+        n_alive = jnp.sum(alive, dtype=jnp.int32)
+        return (n_alive > 0) & (n_alive > next_size) & (count < max_output)
+
+    body = lambda state: _round(suppress, tile, max_output, data, scores, orig, state)
+    return lax.while_loop(cond, body, state)
+
+
 def _greedy_nms(data: tuple[jax.Array, ...], scores: jax.Array, ok: jax.Array,
                 suppress: SuppressFn, max_output: int, tile: int = _TILE) -> NMSResult:
     """Exact greedy NMS over boxes described by ``data`` (arrays with leading dim N)."""
     n = scores.shape[0]
-    all_scores = scores
     out = jnp.full((max_output,), -1, jnp.int32)
     count = jnp.int32(0)
     if n > 0 and max_output > 0:
-        orig = jnp.arange(n, dtype=jnp.int32)
-        alive = ok
         sizes = _level_sizes(n, tile)
+        alive, level_data, level_scores = ok, data, scores
+        orig = jnp.arange(n, dtype=jnp.int32)  # level position -> input index
         for level, size in enumerate(sizes):
             if level > 0:
-                alive, data, scores, orig = _compact(alive, size, data, scores, orig)
+                alive, level_data, level_scores, orig = _compact(
+                    alive, size, level_data, level_scores, orig)
             next_size = sizes[level + 1] if level + 1 < len(sizes) else -1
-            t = min(tile, size)
-
-            def cond(state, next_size=next_size):
-                alive, _, count = state
-                n_alive = jnp.sum(alive, dtype=jnp.int32)
-                return (n_alive > 0) & (n_alive > next_size) & (count < max_output)
-
-            body = lambda state, data=data, scores=scores, orig=orig, t=t: _round(
-                suppress, t, max_output, data, scores, orig, state)
-            alive, out, count = lax.while_loop(cond, body, (alive, out, count))
+            alive, out, count = _run_level(suppress, max_output, min(tile, size), next_size,
+                                           level_data, level_scores, orig, (alive, out, count))
     count = jnp.minimum(count, max_output)
     valid = jnp.arange(max_output) < count
-    kept_scores = all_scores[jnp.maximum(out, 0)] if n > 0 else jnp.zeros(max_output)
+    kept_scores = scores[jnp.maximum(out, 0)] if n > 0 else jnp.zeros(max_output)
     return NMSResult(out, count, valid, jnp.where(valid, kept_scores, 0.0))
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from detjax.data.records import DetectionDataset
 
 SHAPES = ("ellipse", "rectangle", "triangle", "star", "cross", "ring", "arrow")
-_VERSION = 2  # bump when the generator's output changes, so caches are rebuilt
+_VERSION = 3  # bump when the generator's output changes, so caches are rebuilt
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -44,7 +44,9 @@ class SyntheticConfig:
       difficulty: 0 = few big unoccluded objects on calm backgrounds; 1 = many small,
         occluded objects, strong clutter and textures.
       min_size, max_size: object size range as a fraction of ``image_size`` (d).
-      max_objects: objects per image are uniform in ``0..max_objects`` (d).
+      max_objects: objects per image: none with probability ``empty_prob``, else uniform
+        in ``1..max_objects`` (d); fewer when placement fails the occlusion limit.
+      empty_prob: probability of an image without objects.
       min_visible: smallest visible fraction of an occluded object (d).
       clutter: number of clutter strokes per image (d).
       max_aspect: largest aspect ratio of stretched shapes (d).
@@ -55,6 +57,7 @@ class SyntheticConfig:
     min_size: float | None = None
     max_size: float | None = None
     max_objects: int | None = None
+    empty_prob: float = 0.05
     min_visible: float | None = None
     clutter: int | None = None
     max_aspect: float | None = None
@@ -69,7 +72,7 @@ class SyntheticConfig:
             self,
             min_size=pick(self.min_size, lerp(0.12, 0.035)),
             max_size=pick(self.max_size, lerp(0.40, 0.50)),
-            max_objects=int(pick(self.max_objects, round(lerp(4, 14)))),
+            max_objects=int(pick(self.max_objects, round(lerp(6, 20)))),
             min_visible=pick(self.min_visible, lerp(0.85, 0.4)),
             clutter=int(pick(self.clutter, round(lerp(2, 30)))),
             max_aspect=pick(self.max_aspect, lerp(1.5, 3.0)),
@@ -195,7 +198,8 @@ def generate_image(seed: int, index: int, *, split: str = "train",
     owner = np.zeros((size, size), np.int32)  # visible object id (k + 1), 0 = none
     areas: list[int] = []
     labels: list[int] = []
-    n_target = int(rng.integers(0, cfg.max_objects + 1))
+    empty = rng.uniform() < cfg.empty_prob
+    n_target = 0 if empty or cfg.max_objects < 1 else int(rng.integers(1, cfg.max_objects + 1))
     lo, hi = math.log(cfg.min_size * size), math.log(cfg.max_size * size)
     for _ in range(n_target):
         cls = int(rng.integers(len(SHAPES)))

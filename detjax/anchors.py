@@ -410,9 +410,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=640, help="longer image side (data sets)")
     p.add_argument("--thr", type=float, default=4.0, help="anchor_t: max box/anchor side ratio")
     p.add_argument("--generations", type=int, default=1000)
-    p.add_argument("--population", type=int, default=8,
-                   help="mutants per generation (1 = YOLOv5's procedure exactly)")
-    p.add_argument("--init", choices=("whitened", "iou"), default="whitened")
+    p.add_argument("--population", type=int, default=4,
+                   help="mutants per generation (1 = YOLOv5's procedure)")
+    p.add_argument("--init", choices=("whitened", "iou"), default="iou",
+                   help="k-means start: 1 - IoU (fast) or YOLOv5's whitened Euclidean")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, metavar="PNG", help="save a (w, h) scatter here")
     return p

@@ -57,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--iou", type=float, default=0.5, help="IoU threshold of the nms rows")
     parser.add_argument("--quick", action="store_true", help="skip the postprocess rows")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads (1 avoids oversubscribing a busy CPU)")
     args = parser.parse_args(argv)
 
     import jax
     import torch
     import torchvision.ops as tv
+
+    torch.set_num_threads(args.torch_threads)
 
     from detjax.boxes import box_iou
     from detjax.demo import clustered_candidates, yolo_head_output
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         pred = yolo_head_output(16, seed=3)
         tp = torch.from_numpy(pred)
         settings = [(f"conf {conf}", dict(conf_thres=conf)) for conf in (0.25, 0.001)]
-        settings.append(("val: conf 0.001 iou 0.7 multi_label",
+        settings.append(("val (conf 0.001 iou 0.7 multi_label)",
                          dict(conf_thres=0.001, iou_thres=0.7, multi_label=True)))
         for name, kwargs in settings:
             f = jax.jit(partial(non_max_suppression, **kwargs))
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             peer = _median_ms(call, repeats)
             same = all(np.array_equal(np.asarray(result.detections[i, : int(result.count[i])]),
                                       ref[i].numpy()) for i in range(16))
-            rows.append((f"postprocess 16x84x8400 {name} vs ultralytics", ms, peer,
+            rows.append((f"postprocess 16x84x8400 {name} vs ultra", ms, peer,
                          compile_s, same))
 
     print(f"\ndetjax NMS benchmark  (jax {jax.__version__} on {jax.default_backend()}, "

@@ -198,6 +198,7 @@ def generate_image(seed: int, index: int, *, split: str = "train",
     owner = np.zeros((size, size), np.int32)  # visible object id (k + 1), 0 = none
     areas: list[int] = []
     labels: list[int] = []
+    visible = np.zeros(cfg.max_objects + 1, np.int64)  # visible pixels per id
     empty = rng.uniform() < cfg.empty_prob
     n_target = 0 if empty or cfg.max_objects < 1 else int(rng.integers(1, cfg.max_objects + 1))
     lo, hi = math.log(cfg.min_size * size), math.log(cfg.max_size * size)
@@ -217,9 +218,13 @@ def generate_image(seed: int, index: int, *, split: str = "train",
             y0 = int(rng.integers(0, size - hh + 1))
             x0 = int(rng.integers(0, size - ww + 1))
             covered = owner[y0:y0 + hh, x0:x0 + ww][mask]
-            if len(areas) and not _occlusion_ok(owner, covered, areas, cfg.min_visible):
+            lost = np.bincount(covered, minlength=len(visible))
+            lost[0] = 0
+            if len(areas) and not _occlusion_ok(visible, lost, areas, cfg.min_visible):
                 continue
             k = len(areas) + 1
+            visible -= lost
+            visible[k] = int(mask.sum())
             region = owner[y0:y0 + hh, x0:x0 + ww]
             region[mask] = k
             tex = _fill(rng, hh, ww, cfg.difficulty)
@@ -242,15 +247,11 @@ def generate_image(seed: int, index: int, *, split: str = "train",
     return img.astype(np.uint8), boxes, labels_arr, owner.astype(map_type)
 
 
-def _occlusion_ok(owner: np.ndarray, covered: np.ndarray, areas: list[int],
+def _occlusion_ok(visible: np.ndarray, lost: np.ndarray, areas: list[int],
                   min_visible: float) -> bool:
-    """Whether every object keeps >= min_visible of its pixels after ``covered`` is painted."""
-    ids, lost = np.unique(covered[covered > 0], return_counts=True)
-    if len(ids) == 0:
-        return True
-    visible = np.bincount(owner.ravel(), minlength=len(areas) + 1)[ids]
-    full = np.asarray(areas)[ids - 1]
-    return bool(((visible - lost) >= min_visible * full).all())
+    """Whether every object keeps >= min_visible of its full area after losing ``lost``."""
+    n = len(areas)
+    return bool(((visible[1:n + 1] - lost[1:n + 1]) >= min_visible * np.asarray(areas)).all())
 
 
 def default_cache_dir() -> str:

@@ -233,3 +233,16 @@ def test_synthetic_round_trip_keeps_masks(tmp_path):
                         format="yolo", split="val")
     assert_same(ds, yolo)
     assert isinstance(ds[0], Record)
+
+
+def test_data_command_check_and_export(tmp_path, capsys, monkeypatch):
+    from detjax.cli import main
+
+    monkeypatch.setenv("DETJAX_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "export", str(tmp_path / "y"), "--format", "yolo", "--num-train", "3",
+                 "--num-val", "2", "--image-size", "64"]) == 0
+    assert main(["data", "check", str(tmp_path / "y"), "--format", "yolo", "--split",
+                 "val"]) == 0
+    out = capsys.readouterr().out
+    assert "val: 2 images" in out and "2 images," in out and "ellipse" in out
+    assert main(["data", "check", str(tmp_path / "nothing"), "--format", "coco"]) == 1

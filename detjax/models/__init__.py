@@ -4,11 +4,11 @@ heads. See :mod:`detjax.models.detector` for the contract with training and eval
 from detjax.models.backbone import Backbone, scale_depth, scale_width
 from detjax.models.blocks import SPPF, Bottleneck, C2f, ConvBNAct
 from detjax.models.detector import HEADS, SCALES, Detector, create_model
-from detjax.models.heads import DFLHead, HeadOutput, anchor_grid, dfl_expectation
+from detjax.models.heads import ATSSHead, DFLHead, FCOSHead, HeadOutput, RetinaHead
 from detjax.models.neck import PAN
 
 __all__ = [
-    "HEADS", "PAN", "SCALES", "SPPF", "Backbone", "Bottleneck", "C2f", "ConvBNAct", "DFLHead",
-    "Detector", "HeadOutput", "anchor_grid", "create_model", "dfl_expectation", "scale_depth",
+    "HEADS", "PAN", "SCALES", "SPPF", "ATSSHead", "Backbone", "Bottleneck", "C2f", "ConvBNAct",
+    "DFLHead", "Detector", "FCOSHead", "HeadOutput", "RetinaHead", "create_model", "scale_depth",
     "scale_width",
 ]

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from detjax.models.backbone import Backbone, scale_depth
-from detjax.models.heads import DFLHead, HeadOutput
+from detjax.models.heads import ATSSHead, DFLHead, FCOSHead, HeadOutput, RetinaHead
 from detjax.models.neck import PAN
 
 # ultralytics yolov8.yaml: scale -> (depth, width, max_channels)
@@ -52,17 +52,7 @@ HEADS = ("dfl", "retina", "atss", "fcos")
 MAX_STRIDE = 32
 
 
-def _make_head(head: str, in_channels: tuple[int, ...], num_classes: int,
-               strides: tuple[int, ...], head_kwargs: dict[str, Any], dtype, rngs: nnx.Rngs):
-    if head == "dfl":
-        return DFLHead(in_channels, num_classes, strides, dtype=dtype, rngs=rngs, **head_kwargs)
-    from detjax.models import heads as heads_module
-
-    cls = {"retina": "RetinaHead", "atss": "ATSSHead", "fcos": "FCOSHead"}[head]
-    if not hasattr(heads_module, cls):
-        raise NotImplementedError(f"head {head!r} is not implemented yet")
-    return getattr(heads_module, cls)(in_channels, num_classes, strides, dtype=dtype, rngs=rngs,
-                                      **head_kwargs)
+_HEAD_CLASSES = {"dfl": DFLHead, "retina": RetinaHead, "atss": ATSSHead, "fcos": FCOSHead}
 
 
 class Detector(nnx.Module):
@@ -82,8 +72,8 @@ class Detector(nnx.Module):
                                  dtype=dtype, rngs=rngs)
         self.neck = PAN(self.backbone.channels, levels=levels, depth_n=scale_depth(3, depth),
                         dtype=dtype, rngs=rngs)
-        self.head = _make_head(head, self.neck.out_channels, num_classes, self.strides,
-                               dict(head_kwargs or {}), dtype, rngs)
+        self.head = _HEAD_CLASSES[head](self.neck.out_channels, num_classes, self.strides,
+                                        dtype=dtype, rngs=rngs, **dict(head_kwargs or {}))
 
     def __call__(self, images: jax.Array) -> HeadOutput:
         images = jnp.asarray(images)

@@ -1,13 +1,19 @@
-"""Detection heads on the PAN neck, NHWC, in flax.nnx: the YOLOv8 DFL head (``'dfl'``).
+"""Detection heads on the PAN neck, NHWC, in flax.nnx: ``'dfl'`` (YOLOv8), ``'retina'``
+(anchor-based RetinaNet), ``'atss'`` (GFL head trained with the ATSS assigner), ``'fcos'``.
 
 Every head maps the neck's feature maps (lowest level first) to a :class:`HeadOutput` whose
 ``preds`` are per-anchor raw outputs ``[B, A, k]`` (float32; anchors ordered level by level,
-row-major over ``(y, x)`` within a level), and offers
+row-major over ``(y, x)`` within a level, then anchor shape), and offers
 
-- ``predict(output) -> [B, 4 + C, A]``: ultralytics inference format (``xywh`` boxes in input
-  pixels, class probabilities), the input of :func:`detjax.non_max_suppression`;
-- ``loss(output, batch, **hyp) -> (scalar, {name: scalar})`` with ``batch['boxes']`` ``[B, M, 4]``
-  ``xyxy`` pixels, ``batch['labels']`` ``[B, M]`` int, ``batch['gt_mask']`` ``[B, M]`` bool.
+- ``predict(output) -> [B, 4 + C, A]``: ultralytics inference format (``cxcywh`` boxes in
+  input pixels, class probabilities), the input of :func:`detjax.non_max_suppression`;
+- ``loss(output, batch, **hyp) -> (scalar, {name: scalar})`` with ``batch['boxes']``
+  ``[B, M, 4]`` ``xyxy`` pixels, ``batch['labels']`` ``[B, M]`` int, ``batch['gt_mask']``
+  ``[B, M]`` bool. The glue to :mod:`detjax.assign` and :mod:`detjax.losses` lives here.
+
+All heads use per-level (unshared) branches of two 3x3 ``ConvBNAct`` and a 1x1 convolution,
+as ultralytics ``Detect``; RetinaNet/GFL/FCOS share one GroupNorm tower over levels instead,
+which BatchNorm statistics would not tolerate.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from detjax.anchors import make_anchor_boxes, make_anchor_points
+from detjax.boxes import box_convert
+from detjax.coders import decode_deltas, dfl_decode, dist2bbox
 from detjax.models.blocks import ConvBNAct, conv2d
 
 
@@ -32,46 +41,11 @@ class HeadOutput:
     strides: tuple[int, ...] = struct.field(pytree_node=False)
 
 
-def anchor_grid(level_shapes: tuple[tuple[int, int], ...], strides: tuple[int, ...], *,
-                offset: float = 0.5) -> tuple[jax.Array, jax.Array]:
-    """Anchor points ``[A, 2]`` (x, y) in grid units (cell centres) and strides ``[A, 1]``,
-    level by level, row-major; ultralytics ``make_anchors``."""
-    points, stride_rows = [], []
-    for (h, w), s in zip(level_shapes, strides):
-        ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + offset,
-                              jnp.arange(w, dtype=jnp.float32) + offset, indexing="ij")
-        points.append(jnp.stack([xs, ys], axis=-1).reshape(-1, 2))
-        stride_rows.append(jnp.full((h * w, 1), float(s), jnp.float32))
-    return jnp.concatenate(points, axis=0), jnp.concatenate(stride_rows, axis=0)
-
-
-def dfl_expectation(logits: jax.Array, reg_max: int) -> jax.Array:
-    """``[..., 4 * reg_max]`` bin logits -> ``[..., 4]`` expected distances ``sum_i i p_i``
-    (softmax over each side's ``reg_max`` bins; ultralytics ``DFL``)."""
-    probs = jax.nn.softmax(logits.reshape(*logits.shape[:-1], 4, reg_max), axis=-1)
-    return probs @ jnp.arange(reg_max, dtype=probs.dtype)
-
-
-def ltrb_to_xywh(points: jax.Array, ltrb: jax.Array) -> jax.Array:
-    """Anchor points ``[..., 2]`` and distances ``[..., 4]`` (l, t, r, b) -> ``cxcywh``
-    boxes ``[..., 4]`` (ultralytics ``dist2bbox(xywh=True)``)."""
-    lt, rb = ltrb[..., :2], ltrb[..., 2:]
-    return jnp.concatenate([points + (rb - lt) / 2, lt + rb], axis=-1)
-
-
-def to_inference_format(boxes_xywh: jax.Array, probs: jax.Array) -> jax.Array:
-    """``[B, A, 4]`` boxes and ``[B, A, C]`` probabilities -> ``[B, 4 + C, A]``."""
-    return jnp.concatenate([boxes_xywh, probs], axis=-1).transpose(0, 2, 1)
-
-
-def _flatten_levels(maps: list[jax.Array]) -> jax.Array:
-    """``[B, h_l, w_l, k]`` per level -> ``[B, sum_l h_l w_l, k]`` float32."""
-    return jnp.concatenate([m.reshape(m.shape[0], -1, m.shape[-1]) for m in maps],
-                           axis=1).astype(jnp.float32)
-
-
-def _set_bias(conv: nnx.Conv, value: float) -> None:
-    conv.bias[...] = jnp.full_like(conv.bias[...], value)
+def to_inference_format(boxes_xyxy: jax.Array, probs: jax.Array) -> jax.Array:
+    """``[B, A, 4]`` xyxy boxes and ``[B, A, C]`` probabilities -> ``[B, 4 + C, A]`` with
+    ``cxcywh`` boxes (ultralytics ``Detect`` inference output)."""
+    xywh = box_convert(boxes_xyxy, "xyxy", "cxcywh")
+    return jnp.concatenate([xywh, probs], axis=-1).transpose(0, 2, 1)
 
 
 def class_prior_bias(num_classes: int, stride: int) -> float:
@@ -80,11 +54,9 @@ def class_prior_bias(num_classes: int, stride: int) -> float:
     return math.log(5 / num_classes / (640 / stride) ** 2)
 
 
-def _branch(in_ch: int, mid_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs) -> nnx.Sequential:
-    """Two 3x3 ``ConvBNAct`` then a 1x1 convolution with bias (ultralytics ``Detect`` branch)."""
-    return nnx.Sequential(ConvBNAct(in_ch, mid_ch, 3, dtype=dtype, rngs=rngs),
-                          ConvBNAct(mid_ch, mid_ch, 3, dtype=dtype, rngs=rngs),
-                          conv2d(mid_ch, out_ch, 1, use_bias=True, dtype=dtype, rngs=rngs))
+def prior_prob_bias(prior_prob: float = 0.01) -> float:
+    """RetinaNet/FCOS class-bias prior ``-log((1 - p) / p)`` (Lin et al. 2017)."""
+    return -math.log((1 - prior_prob) / prior_prob)
 
 
 def check_batch(batch: dict[str, Any]) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -102,14 +74,60 @@ def check_batch(batch: dict[str, Any]) -> tuple[jax.Array, jax.Array, jax.Array]
     return boxes, labels, gt_mask
 
 
-class DFLHead(nnx.Module):
+def _flatten_levels(maps: list[jax.Array], per_anchor: int) -> jax.Array:
+    """``[B, h_l, w_l, n * k]`` per level -> ``[B, sum_l h_l w_l n, k]`` float32 (location
+    major, then the ``n`` anchor shapes of a location)."""
+    return jnp.concatenate([m.reshape(m.shape[0], -1, per_anchor) for m in maps],
+                           axis=1).astype(jnp.float32)
+
+
+def _set_bias(conv: nnx.Conv, value: float) -> None:
+    conv.bias[...] = jnp.full_like(conv.bias[...], value)
+
+
+def _branch(in_ch: int, mid_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs) -> nnx.Sequential:
+    """Two 3x3 ``ConvBNAct`` then a 1x1 convolution with bias (ultralytics ``Detect`` branch)."""
+    return nnx.Sequential(ConvBNAct(in_ch, mid_ch, 3, dtype=dtype, rngs=rngs),
+                          ConvBNAct(mid_ch, mid_ch, 3, dtype=dtype, rngs=rngs),
+                          conv2d(mid_ch, out_ch, 1, use_bias=True, dtype=dtype, rngs=rngs))
+
+
+class _TwoBranchHead(nnx.Module):
+    """Per level a box branch (``box_out`` channels) and a class branch (``cls_out``)."""
+
+    def __init__(self, in_channels: tuple[int, ...], box_mid: int, box_out: int, cls_mid: int,
+                 cls_out: int, *, dtype, rngs: nnx.Rngs):
+        self.box_branches = nnx.List([_branch(c, box_mid, box_out, dtype=dtype, rngs=rngs)
+                                      for c in in_channels])
+        self.cls_branches = nnx.List([_branch(c, cls_mid, cls_out, dtype=dtype, rngs=rngs)
+                                      for c in in_channels])
+
+    def _run(self, feats: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array],
+                                                    tuple[tuple[int, int], ...]]:
+        if len(feats) != len(self.box_branches):
+            raise ValueError(f"expected {len(self.box_branches)} feature maps, got {len(feats)}")
+        box = [b(f) for b, f in zip(self.box_branches, feats)]
+        cls = [c(f) for c, f in zip(self.cls_branches, feats)]
+        return box, cls, tuple((int(f.shape[1]), int(f.shape[2])) for f in feats)
+
+    def _init_biases(self, box_bias: float, cls_bias: list[float]) -> None:
+        for box, cls, value in zip(self.box_branches, self.cls_branches, cls_bias):
+            _set_bias(box.layers[-1], box_bias)
+            _set_bias(cls.layers[-1], value)
+
+
+# ------------------------------------------------------------------------------ YOLOv8 DFL
+
+
+class DFLHead(_TwoBranchHead):
     """YOLOv8 decoupled head (ultralytics ``Detect`` as built for v8, ``legacy=True``).
 
-    Per level: box branch -> ``4 * reg_max`` DFL bin logits (distances in grid units),
-    class branch -> ``num_classes`` logits. Widths ``c2 = max(16, ch[0] // 4, 4 * reg_max)``,
-    ``c3 = max(ch[0], min(num_classes, 100))``. Final biases: box ``box_bias`` (1.0 as in the
-    YOLOv8 release; ultralytics 8.4 uses 2.0), class ``class_prior_bias``.
-    ``preds``: ``'boxes'`` ``[B, A, 4 * reg_max]`` and ``'scores'`` ``[B, A, C]`` logits.
+    Per level: box branch -> ``4 * reg_max`` DFL bin logits (ltrb distances in stride units,
+    ultralytics convention: bins ``0 .. reg_max - 1``), class branch -> ``num_classes`` logits.
+    Widths ``c2 = max(16, ch[0] // 4, 4 * reg_max)``, ``c3 = max(ch[0], min(num_classes, 100))``.
+    Final biases: box ``box_bias`` (1.0 as the YOLOv8 release; ultralytics 8.4 sets 2.0), class
+    :func:`class_prior_bias`. ``preds``: ``'boxes'`` ``[B, A, 4 * reg_max]``, ``'scores'``
+    ``[B, A, C]`` logits, anchors at cell centres (:func:`detjax.anchors.make_anchor_points`).
     """
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
@@ -117,25 +135,20 @@ class DFLHead(nnx.Module):
         self.num_classes, self.reg_max, self.strides = num_classes, reg_max, tuple(strides)
         c2 = max(16, in_channels[0] // 4, reg_max * 4)
         c3 = max(in_channels[0], min(num_classes, 100))
-        self.box_branches = nnx.List([_branch(c, c2, 4 * reg_max, dtype=dtype, rngs=rngs)
-                                      for c in in_channels])
-        self.cls_branches = nnx.List([_branch(c, c3, num_classes, dtype=dtype, rngs=rngs)
-                                      for c in in_channels])
-        for box, cls, s in zip(self.box_branches, self.cls_branches, self.strides):
-            _set_bias(box.layers[-1], box_bias)
-            _set_bias(cls.layers[-1], class_prior_bias(num_classes, s))
+        super().__init__(in_channels, c2, 4 * reg_max, c3, num_classes, dtype=dtype, rngs=rngs)
+        self._init_biases(box_bias, [class_prior_bias(num_classes, s) for s in self.strides])
 
     def __call__(self, feats: list[jax.Array]) -> HeadOutput:
-        boxes = _flatten_levels([b(f) for b, f in zip(self.box_branches, feats)])
-        scores = _flatten_levels([c(f) for c, f in zip(self.cls_branches, feats)])
-        shapes = tuple((f.shape[1], f.shape[2]) for f in feats)
-        return HeadOutput({"boxes": boxes, "scores": scores}, shapes, self.strides)
+        box, cls, shapes = self._run(feats)
+        preds = {"boxes": _flatten_levels(box, 4 * self.reg_max),
+                 "scores": _flatten_levels(cls, self.num_classes)}
+        return HeadOutput(preds, shapes, self.strides)
 
     def predict(self, out: HeadOutput) -> jax.Array:
-        points, strides = anchor_grid(out.level_shapes, out.strides)
-        ltrb = dfl_expectation(out.preds["boxes"], self.reg_max)  # [B, A, 4] grid units
-        xywh = ltrb_to_xywh(points, ltrb) * strides
-        return to_inference_format(xywh, jax.nn.sigmoid(out.preds["scores"]))
+        points, strides = make_anchor_points(out.level_shapes, out.strides)
+        ltrb = dfl_decode(out.preds["boxes"], reg_max=self.reg_max)  # [B, A, 4] stride units
+        boxes = dist2bbox(ltrb, points) * strides
+        return to_inference_format(boxes, jax.nn.sigmoid(out.preds["scores"]))
 
     def loss(self, out: HeadOutput, batch: dict[str, Any], **hyp: Any
              ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -144,6 +157,225 @@ class DFLHead(nnx.Module):
         from detjax.losses import yolo_detection_loss
 
         boxes, labels, gt_mask = check_batch(batch)
-        points, strides = anchor_grid(out.level_shapes, out.strides)
+        points, strides = make_anchor_points(out.level_shapes, out.strides)
         return yolo_detection_loss(out.preds["boxes"], out.preds["scores"], points, strides,
                                    labels, boxes, gt_mask, reg_max=self.reg_max, **hyp)
+
+
+# ------------------------------------------------------------------------------ anchor-based
+
+
+def _feat_width(in_channels: tuple[int, ...], num_classes: int) -> int:
+    return max(in_channels[0], min(num_classes, 100))
+
+
+class RetinaHead(_TwoBranchHead):
+    """Anchor-based RetinaNet head (Lin et al. 2017) on the YOLOv8 neck.
+
+    ``ratios x octave_scales`` anchors per location (default 3 x 3 = 9, mmdet/torchvision
+    RetinaNet: size ``stride * base_scale * 2**(i/3)``, ratios 0.5/1/2, corners of cells).
+    ``preds``: ``'scores'`` ``[B, A, C]`` logits (bias prior 0.01), ``'deltas'`` ``[B, A, 4]``
+    Faster R-CNN deltas (``box_coder_stds``). ``loss``: ``assigner='max_iou'`` (IoU 0.5 / 0.4
+    with low-quality matches, torchvision) or ``'atss'`` (topk 9), then
+    :func:`detjax.losses.retinanet_loss` (focal + ``box_loss`` 'l1' as torchvision, or
+    'smooth_l1' / 'giou' / 'diou' / 'ciou').
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
+                 *, ratios: tuple[float, ...] = (0.5, 1.0, 2.0), base_scale: float = 4.0,
+                 octave_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
+                 box_coder_stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
+                 prior_prob: float = 0.01, dtype=None, rngs: nnx.Rngs):
+        self.num_classes, self.strides = num_classes, tuple(strides)
+        self.ratios, self.base_scale = tuple(ratios), base_scale
+        self.octave_scales = tuple(octave_scales)
+        self.box_coder_stds = tuple(box_coder_stds)
+        self.num_anchors = len(self.ratios) * len(self.octave_scales)
+        width = _feat_width(in_channels, num_classes)
+        super().__init__(in_channels, width, 4 * self.num_anchors, width,
+                         num_classes * self.num_anchors, dtype=dtype, rngs=rngs)
+        self._init_biases(0.0, [prior_prob_bias(prior_prob)] * len(self.strides))
+
+    def anchors(self, level_shapes: tuple[tuple[int, int], ...]) -> jax.Array:
+        """xyxy anchor boxes ``[A, 4]`` in pixels (:func:`detjax.anchors.make_anchor_boxes`)."""
+        return make_anchor_boxes(level_shapes, self.strides, ratios=self.ratios,
+                                 base_scale=self.base_scale, octave_scales=self.octave_scales)
+
+    def __call__(self, feats: list[jax.Array]) -> HeadOutput:
+        box, cls, shapes = self._run(feats)
+        preds = {"deltas": _flatten_levels(box, 4),
+                 "scores": _flatten_levels(cls, self.num_classes)}
+        return HeadOutput(preds, shapes, self.strides)
+
+    def predict(self, out: HeadOutput) -> jax.Array:
+        boxes = decode_deltas(self.anchors(out.level_shapes), out.preds["deltas"],
+                              stds=self.box_coder_stds, clamp_both_sides=False)
+        return to_inference_format(boxes, jax.nn.sigmoid(out.preds["scores"]))
+
+    def loss(self, out: HeadOutput, batch: dict[str, Any], *, assigner: str = "max_iou",
+             pos_threshold: float = 0.5, neg_threshold: float = 0.4, topk: int = 9,
+             **hyp: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """``(total, {'cls', 'box'})``; ``hyp`` goes to :func:`detjax.losses.retinanet_loss`."""
+        from detjax.losses import retinanet_loss
+
+        boxes, labels, gt_mask = check_batch(batch)
+        anchors = self.anchors(out.level_shapes)
+        matches = _assign(assigner, anchors, boxes, gt_mask, out, self.num_anchors,
+                          pos_threshold=pos_threshold, neg_threshold=neg_threshold, topk=topk)
+        return retinanet_loss(out.preds["scores"], out.preds["deltas"], anchors, labels, boxes,
+                              matches, box_coder_stds=self.box_coder_stds, **hyp)
+
+
+def _assign(assigner: str, anchors: jax.Array, boxes: jax.Array, gt_mask: jax.Array,
+            out: HeadOutput, anchors_per_location: int, *, pos_threshold: float,
+            neg_threshold: float, topk: int) -> jax.Array:
+    """Per-anchor matches ``[B, A]`` (gt index, -1 background, -2 ignored) by ``assigner``."""
+    from detjax.assign import atss, max_iou
+
+    if assigner == "max_iou":
+        def one(b, m):
+            return max_iou(anchors, b, m, pos_threshold=pos_threshold,
+                           neg_threshold=neg_threshold).matches
+    elif assigner == "atss":
+        per_level = [h * w * anchors_per_location for h, w in out.level_shapes]
+
+        def one(b, m):
+            return atss(anchors, b, m, num_anchors_per_level=per_level, topk=topk).matches
+    else:
+        raise ValueError(f"assigner must be 'max_iou' or 'atss', got {assigner!r}")
+    return jax.vmap(one)(boxes, gt_mask)
+
+
+class ATSSHead(_TwoBranchHead):
+    """GFL head trained with the ATSS assigner (Zhang et al. 2020; Li et al. 2020, mmdet
+    ``GFLHead``): one square anchor per location (side ``base_scale * stride``, cell corners)
+    for assignment; box branch -> ltrb distributions over ``reg_max + 1`` bins (mmdet
+    convention, stride units around the anchor centre); class branch -> joint
+    class-quality logits (QFL). ``preds``: ``'scores'`` ``[B, A, C]``, ``'dist'``
+    ``[B, A, 4 * (reg_max + 1)]``. ``loss``: :func:`detjax.assign.atss` (topk 9) then
+    :func:`detjax.losses.gfl_loss` (QFL 1.0 + GIoU 2.0 + DFL 0.25).
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
+                 *, reg_max: int = 16, base_scale: float = 8.0, prior_prob: float = 0.01,
+                 dtype=None, rngs: nnx.Rngs):
+        self.num_classes, self.strides, self.reg_max = num_classes, tuple(strides), reg_max
+        self.base_scale = base_scale
+        width = _feat_width(in_channels, num_classes)
+        super().__init__(in_channels, width, 4 * (reg_max + 1), width, num_classes,
+                         dtype=dtype, rngs=rngs)
+        self._init_biases(0.0, [prior_prob_bias(prior_prob)] * len(self.strides))
+
+    def anchors(self, level_shapes: tuple[tuple[int, int], ...]) -> tuple[jax.Array, jax.Array]:
+        """xyxy anchors ``[A, 4]`` pixels and their strides ``[A, 1]``."""
+        anchors = make_anchor_boxes(level_shapes, self.strides, ratios=(1.0,),
+                                    base_scale=self.base_scale)
+        return anchors, make_anchor_points(level_shapes, self.strides)[1]
+
+    def __call__(self, feats: list[jax.Array]) -> HeadOutput:
+        box, cls, shapes = self._run(feats)
+        preds = {"dist": _flatten_levels(box, 4 * (self.reg_max + 1)),
+                 "scores": _flatten_levels(cls, self.num_classes)}
+        return HeadOutput(preds, shapes, self.strides)
+
+    def predict(self, out: HeadOutput) -> jax.Array:
+        anchors, strides = self.anchors(out.level_shapes)
+        centres = (anchors[:, :2] + anchors[:, 2:]) / 2 / strides  # stride units
+        ltrb = dfl_decode(out.preds["dist"], reg_max=self.reg_max + 1)
+        boxes = dist2bbox(ltrb, centres) * strides
+        return to_inference_format(boxes, jax.nn.sigmoid(out.preds["scores"]))
+
+    def loss(self, out: HeadOutput, batch: dict[str, Any], *, topk: int = 9, **hyp: Any
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """``(total, {'cls', 'box', 'dfl'})``; ``hyp`` goes to :func:`detjax.losses.gfl_loss`."""
+        from detjax.losses import gfl_loss
+
+        boxes, labels, gt_mask = check_batch(batch)
+        anchors, strides = self.anchors(out.level_shapes)
+        matches = _assign("atss", anchors, boxes, gt_mask, out, 1, pos_threshold=0.0,
+                          neg_threshold=0.0, topk=topk)
+        return gfl_loss(out.preds["scores"], out.preds["dist"], anchors, strides, labels, boxes,
+                        matches, reg_max=self.reg_max, **hyp)
+
+
+# ------------------------------------------------------------------------------ FCOS
+
+
+def fcos_regress_ranges(strides: tuple[int, ...]) -> tuple[tuple[float, float], ...]:
+    """FCOS size ranges per level: upper bound ``8 * stride`` (64, 128, ... for strides 8, 16,
+    as the paper's P3-P7), the first level from -1 and the last to infinity."""
+    uppers = [8.0 * s for s in strides[:-1]] + [float("inf")]
+    lowers = [-1.0] + uppers[:-1]
+    return tuple(zip(lowers, uppers))
+
+
+class FCOSHead(_TwoBranchHead):
+    """FCOS head (Tian et al. 2019; mmdet ``FCOSHead`` with ``norm_on_bbox`` and
+    ``centerness_on_reg``): per location, class logits and, from the box branch, ltrb distances
+    ``relu(x) * stride`` plus a centerness logit. ``preds``: ``'scores'`` ``[B, A, C]``,
+    ``'ltrb'`` ``[B, A, 4]`` (stride units, before relu), ``'centerness'`` ``[B, A, 1]``.
+    Points at cell centres. ``predict`` scores ``sigmoid(cls) * sigmoid(centerness)`` (mmdet
+    score factors). ``loss``: :func:`detjax.assign.fcos_targets` then focal (sum / #fg) +
+    centerness-weighted GIoU (sum / sum of centerness targets) + centerness BCE (sum / #fg).
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
+                 *, prior_prob: float = 0.01, box_bias: float = 1.0, dtype=None,
+                 rngs: nnx.Rngs):
+        self.num_classes, self.strides = num_classes, tuple(strides)
+        width = _feat_width(in_channels, num_classes)
+        super().__init__(in_channels, width, 5, width, num_classes, dtype=dtype, rngs=rngs)
+        self._init_biases(box_bias, [prior_prob_bias(prior_prob)] * len(self.strides))
+
+    def __call__(self, feats: list[jax.Array]) -> HeadOutput:
+        box, cls, shapes = self._run(feats)
+        reg = _flatten_levels(box, 5)
+        preds = {"ltrb": reg[..., :4], "centerness": reg[..., 4:],
+                 "scores": _flatten_levels(cls, self.num_classes)}
+        return HeadOutput(preds, shapes, self.strides)
+
+    def _boxes(self, out: HeadOutput) -> tuple[jax.Array, jax.Array]:
+        points, strides = make_anchor_points(out.level_shapes, out.strides)
+        ltrb = jax.nn.relu(out.preds["ltrb"]) * strides  # [B, A, 4] pixels
+        return dist2bbox(ltrb, points * strides), points * strides
+
+    def predict(self, out: HeadOutput) -> jax.Array:
+        boxes, _ = self._boxes(out)
+        probs = jax.nn.sigmoid(out.preds["scores"]) * jax.nn.sigmoid(out.preds["centerness"])
+        return to_inference_format(boxes, probs)
+
+    def loss(self, out: HeadOutput, batch: dict[str, Any], *, alpha: float = 0.25,
+             gamma: float = 2.0, center_sampling: bool = False,
+             center_sample_radius: float = 1.5,
+             regress_ranges: tuple[tuple[float, float], ...] | None = None,
+             cls_weight: float = 1.0, box_weight: float = 1.0, centerness_weight: float = 1.0
+             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """``(total, {'cls', 'box', 'centerness'})`` (weighted terms); reductions over the
+        batch as mmdet (``num_pos`` and the centerness sum are batch totals)."""
+        from detjax.assign import fcos_targets
+        from detjax.losses import (
+            binary_cross_entropy,
+            generalized_box_iou_loss,
+            sigmoid_focal_loss,
+        )
+
+        boxes, labels, gt_mask = check_batch(batch)
+        pred_boxes, points = self._boxes(out)
+        ranges = regress_ranges or fcos_regress_ranges(out.strides)
+        counts = [h * w for h, w in out.level_shapes]
+        t = jax.vmap(lambda lab, b, m: fcos_targets(
+            points, lab, b, m, num_classes=self.num_classes, num_points_per_level=counts,
+            strides=out.strides, regress_ranges=ranges, center_sampling=center_sampling,
+            center_sample_radius=center_sample_radius))(labels, boxes, gt_mask)
+        num_fg = jnp.maximum(t.fg_mask.sum(), 1).astype(jnp.float32)
+        onehot = jax.nn.one_hot(t.labels, self.num_classes)  # background row all zeros
+        cls = sigmoid_focal_loss(out.preds["scores"], onehot, alpha=alpha, gamma=gamma).sum()
+        target_boxes = dist2bbox(t.ltrb, points)  # [B, A, 4] pixels
+        giou = generalized_box_iou_loss(pred_boxes, target_boxes)
+        ctr_sum = jnp.maximum(jnp.where(t.fg_mask, t.centerness, 0.0).sum(), 1e-6)
+        box = jnp.where(t.fg_mask, giou * t.centerness, 0.0).sum() / ctr_sum
+        bce = binary_cross_entropy(out.preds["centerness"][..., 0], t.centerness)
+        ctr = jnp.where(t.fg_mask, bce, 0.0).sum() / num_fg
+        items = {"cls": cls_weight * cls / num_fg, "box": box_weight * box,
+                 "centerness": centerness_weight * ctr}
+        return items["cls"] + items["box"] + items["centerness"], items

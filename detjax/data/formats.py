@@ -56,15 +56,15 @@ def _check_on_error(on_error: str) -> None:
 
 def _image_size(path: str) -> tuple[int, int]:
     """(h, w) from the image header; DataError naming the file if missing or corrupt."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             w, h = im.size
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise DataError(f"{path}: cannot read image header ({e})") from None
+    except Exception as e:  # noqa: BLE001 - PIL plugins (and ultralytics' patch) vary
+        raise DataError(f"{path}: cannot read image header ({e!r})") from None
     return h, w
 
 

@@ -1,0 +1,105 @@
+"""Inference throughput of the nano detector: detjax (flax.nnx, jitted, eval-mode BN) against
+ultralytics YOLOv8n built from its packaged ``yolov8n.yaml`` (no weights download).
+
+Both sides run the full network plus box decoding to ``[B, 84, A]`` (no NMS) on the same
+random batch: detjax under ``jax.jit`` with NHWC input, ultralytics in ``eval()`` under
+``torch.inference_mode()`` with NCHW input, as is (``--fuse`` also times its conv+BN fused
+model, which its predictor uses). Medians over ``--repeats`` timed calls after warm-up;
+detjax's compile time is reported separately.
+
+    python benchmarks/bench_infer.py [--sizes 320 640] [--batch 8] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from detjax.models import create_model
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_detjax(images: np.ndarray, repeats: int) -> tuple[float, float]:
+    """(compile seconds, median seconds per batch)."""
+    model = create_model("yolov8n", num_classes=80, rngs=nnx.Rngs(0))
+    model.eval()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def infer(state, x):
+        m = nnx.merge(graphdef, state)
+        return m.predict(m(x))
+
+    x = jnp.asarray(images)
+    t0 = time.perf_counter()
+    compiled = infer.lower(state, x).compile()
+    compile_s = time.perf_counter() - t0
+    compiled(state, x).block_until_ready()
+    return compile_s, _median_seconds(lambda: compiled(state, x).block_until_ready(), repeats)
+
+
+def bench_ultralytics(images: np.ndarray, repeats: int, fuse: bool) -> float | None:
+    try:
+        import torch
+        from ultralytics import YOLO
+    except ImportError:
+        return None
+    model = YOLO("yolov8n.yaml").model.eval()
+    if fuse:
+        model = model.fuse(verbose=False)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    with torch.inference_mode():
+        model(x)
+        return _median_seconds(lambda: model(x), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--fuse", action="store_true", help="also time ultralytics fused")
+    args = parser.parse_args()
+    try:
+        import torch
+        torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    except ImportError:
+        torch_info = "torch not installed"
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {torch_info}; "
+          f"batch {args.batch}, median of {args.repeats}")
+    header = f"{'size':>5} {'detjax img/s':>13} {'ultra img/s':>12} {'ratio':>6} {'compile s':>10}"
+    if args.fuse:
+        header += f" {'fused img/s':>12} {'ratio':>6}"
+    print(header)
+    for size in args.sizes:
+        images = np.random.default_rng(0).random((args.batch, size, size, 3), np.float32)
+        compile_s, ours = bench_detjax(images, args.repeats)
+        theirs = bench_ultralytics(images, args.repeats, fuse=False)
+        ours_ips = args.batch / ours
+        row = f"{size:>5} {ours_ips:>13.1f} "
+        row += (f"{args.batch / theirs:>12.1f} {ours_ips / (args.batch / theirs):>6.2f}"
+                if theirs else f"{'n/a':>12} {'n/a':>6}")
+        row += f" {compile_s:>10.1f}"
+        if args.fuse:
+            fused = bench_ultralytics(images, args.repeats, fuse=True)
+            row += (f" {args.batch / fused:>12.1f} {ours_ips / (args.batch / fused):>6.2f}"
+                    if fused else "")
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

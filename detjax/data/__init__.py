@@ -26,7 +26,10 @@ Loader
   ``LoaderConfig``: batch_size, image_size, multi_scale (per-batch sizes, multiples of 32),
   max_boxes, augment, aug (:class:`AugmentConfig`, ultralytics defaults incl.
   close_mosaic), epochs, shuffle, drop_remainder, repeat_threshold (LVIS repeat-factor
-  sampling), workers (grain processes; 0 = in-process), seed, on_error, use_masks.
+  sampling), workers (grain processes, started once per run; 0 = in-process), seed,
+  on_error, use_masks (None = only when an op needs them), partners (mosaic/mixup images
+  from the same batch, decoded once, or from the whole data set), pipeline (explicit ops).
+  Scripts that use ``workers > 0`` need an ``if __name__ == "__main__":`` guard (spawn).
 
 Augmentations (``Sample(image, boxes, labels, instance_map=None)``; ``rng`` a NumPy Generator)
   ``letterbox``, ``resize``, ``horizontal_flip``, ``random_hsv``, ``random_affine``,
@@ -34,6 +37,9 @@ Augmentations (``Sample(image, boxes, labels, instance_map=None)``; ``rng`` a Nu
   (albumentations Compose) with ``apply_albumentations``; ``repeat_factors`` /
   ``epoch_indices``. Registered ops: ``get_op(name, **params)(sample, rng, ctx)``,
   ``OPS``, ``register_op``, ``build_ops``.
+
+Command line: ``detjax data check PATH --format ...`` (statistics and problems of a data
+set), ``detjax data export OUT --format coco|yolo`` (the synthetic set for other tools).
 
 Nothing heavy is imported until used (albumentations, grain, cv2 load lazily).
 """

@@ -197,3 +197,51 @@ def test_loss_rejects_bad_batch():
     with pytest.raises(ValueError, match=r"\[B, M, 4\]"):
         head.loss(out, {"boxes": jnp.zeros((1, 2, 5)), "labels": jnp.zeros((1, 2)),
                         "gt_mask": jnp.ones((1, 2), bool)})
+
+
+def test_synchronised_bn_over_mapped_axis_equals_full_batch():
+    from detjax.models import C2f, set_bn_axis_name
+
+    block = C2f(8, 8, 1, shortcut=True, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 8)) * jnp.arange(1.0, 5.0)[:, None, None,
+                                                                                  None]
+
+    def run(graphdef, state, x):
+        m = nnx.merge(graphdef, state)
+        return m(x), nnx.state(m, nnx.BatchStat)
+
+    graphdef, state = nnx.split(block)
+    full, full_stats = jax.jit(lambda s, x: run(graphdef, s, x))(state, x)
+    set_bn_axis_name(block, "devices")
+    graphdef_sync, state = nnx.split(block)
+    sharded = jax.jit(jax.vmap(lambda s, x: run(graphdef_sync, s, x), in_axes=(None, 0),
+                               axis_name="devices"))
+    ys, stats = sharded(state, x.reshape(2, 2, 8, 8, 8))
+    np.testing.assert_allclose(ys.reshape(full.shape), full, rtol=2e-5, atol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6),
+                 stats, full_stats)
+    set_bn_axis_name(block, None)
+    graphdef_local, state = nnx.split(block)
+    local = jax.jit(jax.vmap(lambda s, x: run(graphdef_local, s, x)[0], in_axes=(None, 0)))(
+        state, x.reshape(2, 2, 8, 8, 8))
+    assert not np.allclose(local.reshape(full.shape), full, atol=1e-3)  # per-shard BN differs
+    model = nnx.eval_shape(lambda: create_model("yolov8n", num_classes=NC, bn_axis_name="d",
+                                                rngs=nnx.Rngs(0)))
+    axes = {m.axis_name for _, m in nnx.iter_graph(model) if isinstance(m, nnx.BatchNorm)}
+    assert axes == {"d"}
+
+
+def test_bfloat16_compute_close_to_float32():
+    feats = _feats(1)
+
+    def predict(dtype):
+        head = DFLHead(CHANNELS, NC, STRIDES, dtype=dtype, rngs=nnx.Rngs(0))
+        head.eval()
+        graphdef, state = nnx.split(head)
+        return jax.jit(lambda s, f: nnx.merge(graphdef, s).predict(nnx.merge(graphdef, s)(f)))(
+            state, [f.astype(dtype) for f in feats])
+
+    ref, low = predict(jnp.float32), predict(jnp.bfloat16)
+    assert low.dtype == jnp.float32 and bool(jnp.isfinite(low).all())
+    np.testing.assert_allclose(low[:, 4:], ref[:, 4:], atol=0.02)
+    np.testing.assert_allclose(low[:, :4], ref[:, :4], rtol=0.05, atol=1.0)

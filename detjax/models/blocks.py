@@ -148,3 +148,12 @@ def upsample2x(x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
     return x.reshape(b, 2 * h, 2 * w, c)
+
+
+def set_bn_axis_name(module: nnx.Module, axis_name: str | None) -> None:
+    """Make every ``nnx.BatchNorm`` in ``module`` average its batch statistics over the named
+    mapped axis (``jax.pmap(..., axis_name=...)`` / ``shard_map``), i.e. synchronised BN.
+    Under ``jax.jit`` with sharded arrays the statistics are already global: leave it None."""
+    for _, node in nnx.iter_graph(module):
+        if isinstance(node, nnx.BatchNorm):
+            node.axis_name = axis_name

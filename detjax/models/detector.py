@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from detjax.models.backbone import Backbone, scale_depth
+from detjax.models.blocks import set_bn_axis_name
 from detjax.models.heads import ATSSHead, DFLHead, FCOSHead, HeadOutput, RetinaHead
 from detjax.models.neck import PAN
 
@@ -98,15 +99,19 @@ class Detector(nnx.Module):
 
 def create_model(name: str = "yolov8n", *, num_classes: int, head: str = "dfl",
                  p2: bool = False, dtype=None, head_kwargs: dict[str, Any] | None = None,
-                 rngs: nnx.Rngs) -> Detector:
+                 bn_axis_name: str | None = None, rngs: nnx.Rngs) -> Detector:
     """Build a YOLOv8 ``name`` (``'yolov8n' | 'yolov8s' | 'yolov8m'``) detector.
 
     ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``; parameters stay float32);
-    ``head_kwargs`` go to the head (e.g. ``reg_max`` for ``'dfl'``).
+    ``head_kwargs`` go to the head (e.g. ``reg_max`` for ``'dfl'``); ``bn_axis_name`` makes
+    BatchNorm average batch statistics over that ``pmap``/``shard_map`` axis (synchronised BN).
     """
     if name not in SCALES:
         raise ValueError(f"name must be one of {tuple(SCALES)}, got {name!r}")
     depth, width, max_channels = SCALES[name]
-    return Detector(depth=depth, width=width, max_channels=max_channels,
-                    num_classes=num_classes, head=head, p2=p2, dtype=dtype,
-                    head_kwargs=head_kwargs, rngs=rngs)
+    model = Detector(depth=depth, width=width, max_channels=max_channels,
+                     num_classes=num_classes, head=head, p2=p2, dtype=dtype,
+                     head_kwargs=head_kwargs, rngs=rngs)
+    if bn_axis_name is not None:
+        set_bn_axis_name(model, bn_axis_name)
+    return model

@@ -157,14 +157,7 @@ def kmeans_anchors(wh: ArrayLike, num_anchors: int, *, key: jax.Array, iteration
     p = weights / jnp.maximum(weights.sum(), 1)
     start = jax.random.choice(key, wh.shape[0], (num_anchors,), replace=False, p=p)
 
-    def step(_, anchors):
-        assign = jnp.argmax(wh_iou(wh, anchors), 1)  # [N]
-        onehot = jax.nn.one_hot(assign, num_anchors, dtype=wh.dtype) * weights[:, None]
-        count = onehot.sum(0)[:, None]  # [K, 1]
-        means = onehot.T @ wh / jnp.maximum(count, 1)
-        return jnp.where(count > 0, means, anchors)
-
-    anchors = jax.lax.fori_loop(0, iterations, step, wh[start])
+    anchors, _ = _lloyd(wh, weights, wh[start], iterations, _nearest_iou)
     return anchors[jnp.argsort(anchors.prod(1))]
 
 
@@ -265,9 +258,21 @@ class AnchorFit(NamedTuple):
     mean_iou: jax.Array
 
 
+def _nearest_iou(wh: jax.Array, anchors: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Index ``[N]`` of the anchor of highest :func:`wh_iou` (first on ties) and ``1 - IoU``;
+    one ``[N]``-wide column per anchor (an unrolled loop: fast on CPU)."""
+    best_iou = jnp.full(wh.shape[:1], -1.0, wh.dtype)
+    best_i = jnp.zeros(wh.shape[:1], jnp.int32)
+    for k in range(anchors.shape[0]):
+        iou = wh_iou(wh, anchors[k:k + 1])[:, 0]
+        best_i = jnp.where(iou > best_iou, k, best_i)
+        best_iou = jnp.maximum(iou, best_iou)
+    return best_i, 1 - best_iou
+
+
 def _nearest(x: jax.Array, centres: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Index ``[N]`` and Euclidean distance ``[N]`` of the nearest of ``centres [K, 2]``;
-    an unrolled loop over the few centres keeps every op ``N``-wide (fast on CPU)."""
+    """Index ``[N]`` and Euclidean distance ``[N]`` of the nearest of ``centres [K, 2]``
+    (first on ties); an unrolled loop keeps every op ``N``-wide (fast on CPU)."""
     best_d = jnp.full(x.shape[:1], jnp.inf, x.dtype)
     best_i = jnp.zeros(x.shape[:1], jnp.int32)
     for k in range(centres.shape[0]):
@@ -277,18 +282,19 @@ def _nearest(x: jax.Array, centres: jax.Array) -> tuple[jax.Array, jax.Array]:
     return best_i, jnp.sqrt(best_d)
 
 
-def _lloyd(x: jax.Array, weights: jax.Array, centres: jax.Array,
-           iterations: int) -> tuple[jax.Array, jax.Array]:
-    """Euclidean k-means steps on ``x [N, 2]`` -> (centres ``[K, 2]``, mean distance)."""
+def _lloyd(x: jax.Array, weights: jax.Array, centres: jax.Array, iterations: int,
+           nearest=_nearest) -> tuple[jax.Array, jax.Array]:
+    """k-means steps on ``x [N, 2]`` with ``nearest(x, centres) -> (index, distance)`` ->
+    (centres ``[K, 2]``, mean distance); a centre with no point stays where it is."""
 
     def step(_, c):
-        idx, _ = _nearest(x, c)
+        idx, _ = nearest(x, c)
         sums = jax.ops.segment_sum(jnp.concatenate([x * weights[:, None], weights[:, None]], 1),
                                    idx, c.shape[0])  # [K, 3]: weighted sums of x, counts
         return jnp.where(sums[:, 2:] > 0, sums[:, :2] / jnp.maximum(sums[:, 2:], 1e-12), c)
 
     centres = jax.lax.fori_loop(0, iterations, step, centres)
-    return centres, _mean(_nearest(x, centres)[1], weights)
+    return centres, _mean(nearest(x, centres)[1], weights)
 
 
 def _whitened_kmeans(wh: jax.Array, weights: jax.Array, k: int, key: jax.Array,

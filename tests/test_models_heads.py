@@ -245,3 +245,25 @@ def test_bfloat16_compute_close_to_float32():
     assert low.dtype == jnp.float32 and bool(jnp.isfinite(low).all())
     np.testing.assert_allclose(low[:, 4:], ref[:, 4:], atol=0.02)
     np.testing.assert_allclose(low[:, :4], ref[:, :4], rtol=0.05, atol=1.0)
+
+
+def test_dfl_predict_feeds_non_max_suppression():
+    from detjax import non_max_suppression
+
+    head = DFLHead(CHANNELS, NC, STRIDES, rngs=nnx.Rngs(0))
+    out = nnx.eval_shape(lambda m, f: m(f), head, _feats(1))
+    a = out.preds["scores"].shape[1]
+    k = 3 * 8 + 3  # P3 cell (x=3, y=3): anchor point (28, 28) px
+    bins = np.full((a, 4, 16), -50.0, np.float32)
+    bins[:, :, 0] = 50.0  # zero-size boxes elsewhere
+    bins[k] = -50.0
+    for side, dist in enumerate((2, 1, 2, 1)):  # ltrb in stride-8 units
+        bins[k, side, dist] = 50.0
+    scores = np.full((a, NC), -10.0, np.float32)
+    scores[k, 2] = 5.0
+    out = out.replace(preds={"boxes": jnp.asarray(bins.reshape(1, a, 64)),
+                             "scores": jnp.asarray(scores[None])})
+    dets = jax.jit(lambda o: non_max_suppression(head.predict(o), max_det=5))(out)
+    assert int(dets.count[0]) == 1
+    np.testing.assert_allclose(dets.detections[0, 0], [12, 20, 44, 36, 1 / (1 + math.exp(-5)), 2],
+                               rtol=1e-5, atol=1e-4)

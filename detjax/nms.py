@@ -437,11 +437,10 @@ def _candidates(pred: jax.Array, conf_thres: float, multi_label: bool, max_nms: 
     return anchor, label, score, ok
 
 
-def _nms_one_image(xywh: jax.Array, anchor: jax.Array, label: jax.Array, score: jax.Array,
+def _nms_one_image(boxes: jax.Array, anchor: jax.Array, label: jax.Array, score: jax.Array,
                    ok: jax.Array, iou_threshold: jax.Array, max_det: int, max_wh: float,
                    agnostic: bool):
-    """Class-offset NMS of one image's candidates; ``xywh [4, A]`` are the head's boxes."""
-    boxes = box_convert(xywh.T, "cxcywh", "xyxy")[anchor]  # [K, 4]
+    """Class-offset NMS of one image's candidates; ``boxes [K, 4]`` xyxy of each candidate."""
     ok &= ~jnp.any(jnp.isnan(boxes), axis=-1)
     offset = label.astype(jnp.float32) * (0.0 if agnostic else float(max_wh))
     result = _greedy_nms((boxes + offset[:, None],), score, ok,
@@ -486,5 +485,8 @@ def non_max_suppression(prediction: ArrayLike, *, conf_thres: float = 0.25,
     class_ids = None if classes is None else jnp.asarray(classes, jnp.int32).reshape(-1)
     threshold = _strict_threshold(iou_thres)
     anchor, label, score, ok = _candidates(pred, conf_thres, multi_label, max_nms, class_ids)
+    boxes = box_convert(jnp.swapaxes(pred[:, :4], 1, 2), "cxcywh", "xyxy")  # [B, A, 4]
+    if anchor.shape[1] != boxes.shape[1] or multi_label:  # candidates are not all anchors
+        boxes = jnp.take_along_axis(boxes, anchor[..., None], axis=1)  # [B, K, 4]
     one = lambda *x: _nms_one_image(*x, threshold, max_det, max_wh, agnostic)
-    return Detections(*jax.vmap(one)(pred[:, :4], anchor, label, score, ok))
+    return Detections(*jax.vmap(one)(boxes, anchor, label, score, ok))

@@ -192,7 +192,8 @@ def evaluate(state: TrainState, loader, cfg: Config, class_names=None,
         for i in range(len(det)):
             if len(samples) >= keep_images or not batch["image_mask"][i]:
                 break
-            k = valid[i] & (det[i, :, 4] > 0.25)
+            box = det[i, :, :4]
+            k = valid[i] & (det[i, :, 4] > 0.25) & np.all(box[:, 2:] > box[:, :2], axis=-1)
             g = batch["gt_mask"][i]
             samples.append((batch["images"][i], (det[i, k, :4], det[i, k, 4], det[i, k, 5]),
                             (batch["boxes"][i][g], batch["labels"][i][g])))
@@ -313,7 +314,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
               f"parallel={runner.mode}, workdir={workdir}")
 
     result: dict[str, Any] = {}
-    last_eval_time, epoch_times = 0.0, []
+    last_eval_time, epoch_times, compile_time = 0.0, [], None
     epoch = start_epoch
     samples: list = []
     while epoch < epochs:
@@ -325,29 +326,39 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         it = int(runner.host_state(state).iteration)
         for batch in train_loader.epoch():
             state, m = runner.step(state, {k: batch[k] for k in MODEL_KEYS})
+            if compile_time is None:  # the first step compiles: time it apart from training
+                jax.block_until_ready(m)
+                compile_time = time.time() - t0
+                if is_main:
+                    bar.write(f"train step compiled and ran once in {compile_time:.1f}s")
             pending.append((it, m))
             it += 1
             images_seen += len(batch["images"])
             bar.update(1)
             if len(pending) >= cfg.log.every:
                 count = _flush(pending, sums, count, steps_csv, writer, epoch, bar,
-                               (images_seen - window[1]) / max(time.time() - window[0], 1e-9))
+                               images_seen - window[1], window[0])
                 pending, window = [], (time.time(), images_seen)
         count = _flush(pending, sums, count, steps_csv, writer, epoch, bar,
-                       (images_seen - window[1]) / max(time.time() - window[0], 1e-9))
+                       images_seen - window[1], window[0])
         bar.close()
         epoch += 1
         epoch_time = time.time() - t0
-        epoch_times.append(epoch_time)
+        first = len(epoch_times) == 0
+        steady_time = epoch_time - (compile_time or 0.0) if first else epoch_time
+        epoch_times.append(steady_time * (nb / max(nb - 1, 1) if first else 1.0))
         train_time += epoch_time
         row = {"epoch": epoch, "iteration": it, "time_s": train_time,
                "images_per_s": images_seen / epoch_time,
-               **{f"train/{k}": v / max(count, 1) for k, v in sums.items()}}
+               **{f"train/{k}": v / max(count, 1) for k, v in sums.items()},
+               "val/map": "", "val/map50": "", "val/map75": "", "eval_time_s": ""}
 
         # shorten the schedule to the time limit (the first epoch includes compilation)
-        steady = epoch_times[1:] or epoch_times
-        new_epochs = _schedule_fit(cfg, epochs, epoch, time.time() - t_start,
-                                   float(np.median(steady)), 1.5 * last_eval_time + 10.0)
+        per_epoch = float(np.median(epoch_times))
+        eval_estimate = (1.3 * last_eval_time if last_eval_time else
+                         60.0 + 0.5 * per_epoch * len(val_ds) / (nb * cfg.train.batch))
+        new_epochs = _schedule_fit(cfg, epochs, epoch, time.time() - t_start, per_epoch,
+                                   eval_estimate + 5.0)
         if new_epochs != epochs:
             print(f"time_limit={cfg.train.time_limit} min: schedule shortened from {epochs} "
                   f"to {new_epochs} epochs")
@@ -371,10 +382,10 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
             metrics_csv.write(row)
             if writer is not None:
                 for k, v in row.items():
-                    if k != "epoch":
+                    if k != "epoch" and v != "":
                         writer.add_scalar(f"epoch/{k}", v, epoch)
                 writer.flush()
-        improved = bool(result) and float(result.get("map", -1)) > best_map and "val/map" in row
+        improved = row["val/map"] != "" and float(result["map"]) > best_map
         if improved:
             best_map = float(result["map"])
         meta = {"epoch": epoch, "epochs": epochs, "loader": train_loader.state.to_dict(),
@@ -405,11 +416,13 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     return final
 
 
-def _flush(pending, sums, count, steps_csv, writer, epoch, bar, ips) -> int:
-    """Fetches the pending step metrics, logs them, updates the running means."""
+def _flush(pending, sums, count, steps_csv, writer, epoch, bar, images, since) -> int:
+    """Fetches the pending step metrics (waiting for them), logs them, updates the running
+    means; images/s counts ``images`` over the time from ``since`` to the fetch."""
     if not pending:
         return count
     fetched = jax.device_get([m for _, m in pending])
+    ips = images / max(time.time() - since, 1e-9)
     for (it, _), m in zip(pending, fetched):
         m = {k: float(np.asarray(v)) for k, v in m.items()}
         for k in ("loss", *sorted(k for k in m if k not in _NON_LOSS and k != "loss")):
@@ -430,20 +443,22 @@ _NON_LOSS = ("lr", "lr_bias", "momentum", "grad_norm", "optimizer_step", "finite
 
 
 def _plots(workdir: Path, result: dict, samples: list, class_names) -> list[str]:
+    """``results.png``, ``PR_curve.png`` and ``val_batch.png`` via ``detjax.plots``; a failing
+    plot is reported and skipped (never lose a finished run to a figure)."""
     from detjax import plots
 
+    jobs = [("results.png", lambda p: plots.plot_metrics(str(workdir / "metrics.csv"), p)),
+            ("PR_curve.png", lambda p: plots.plot_pr_curve(result, p))]
+    if samples:
+        jobs.append(("val_batch.png", lambda p: plots.plot_val_grid(
+            [s[0] for s in samples], [s[1] for s in samples], [s[2] for s in samples], p,
+            class_names=class_names)))
     out = []
-    try:
-        out.append(plots.plot_metrics(str(workdir / "metrics.csv"), str(workdir / "results.png")))
-        out.append(plots.plot_pr_curve(result, str(workdir / "PR_curve.png")))
-        if samples:
-            images = [s[0] for s in samples]
-            out.append(plots.plot_val_grid(images, [s[1] for s in samples],
-                                           [s[2] for s in samples],
-                                           str(workdir / "val_batch.png"),
-                                           class_names=class_names))
-    except Exception as e:  # plots are a convenience; never lose a finished run to them
-        print(f"warning: plotting failed: {e!r}")
+    for name, make in jobs:
+        try:
+            out.append(make(str(workdir / name)))
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: {name} failed: {e!r}")
     return out
 
 
@@ -460,6 +475,17 @@ Trains a detector. With no arguments: the nano model on the embedded synthetic d
 Every key is listed with a comment in configs/default.yaml; results go to `workdir`."""
 
 
+def enable_compile_cache(path: str | None = None) -> str:
+    """Persistent XLA compilation cache (``$DETJAX_CACHE/xla``, default ``~/.cache/detjax/xla``):
+    a second run with the same shapes loads the compiled step instead of compiling it."""
+    root = os.environ.get("DETJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "detjax")
+    path = path or os.path.join(root, "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -473,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"detjax train: {e}", file=sys.stderr)
         return 2
+    if cfg.compile_cache:
+        enable_compile_cache()
     final = train_and_evaluate(cfg, cfg.workdir)
     ok = all(math.isfinite(v) for v in final.values() if isinstance(v, float))
     return 0 if ok else 1

@@ -195,7 +195,9 @@ def test_workers_match_in_process(ds, tmp_path):
     b += [next(it) for _ in range(2)]
     loader.restore(loader.state.to_dict())  # restarts the workers mid-epoch
     b += list(loader.epoch())
+    extra = next(iter(loader))  # past config.epochs: a new pipeline for epoch 2
     loader.close()
+    np.testing.assert_array_equal(extra["images"], next(iter(ref))["images"])
     assert len(a) == len(b) == 12 and all(batches_equal(x, y) for x, y in zip(a, b))
     assert loader.report.problems == ref.report.problems
 

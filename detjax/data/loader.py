@@ -296,7 +296,7 @@ class Loader:
         self.state = LoaderState(seed=config.seed)
         self.report = DataReport()
         self._offsets: list[int] = [0]
-        self._stream: list | None = None  # [grain iterator, next global batch index]
+        self._stream: list | None = None  # [grain iterator, next global batch, stop]
         self._factors = None
         if config.repeat_threshold is not None:
             self._factors = repeat_factors([r.labels for r in dataset], dataset.num_classes,
@@ -399,8 +399,9 @@ class Loader:
         last = max(self.config.epochs, epoch + 1) - 1
         offsets = self._epoch_offsets(last)
         g = int(offsets[epoch]) + start
-        if self._stream is None or self._stream[1] != g:
-            self._stream = [self._grain_stream(g, int(offsets[-1]), offsets), g]
+        stop_g = int(offsets[-1])
+        if self._stream is None or self._stream[1] != g or self._stream[2] != stop_g:
+            self._stream = [self._grain_stream(g, stop_g, offsets), g, stop_g]
         return self._advance(stop - start)
 
     def _advance(self, count: int) -> Iterator[dict[str, Any]]:

@@ -7,7 +7,7 @@ random batch: detjax under ``jax.jit`` with NHWC input, ultralytics in ``eval()`
 model, which its predictor uses). Medians over ``--repeats`` timed calls after warm-up;
 detjax's compile time is reported separately.
 
-    python benchmarks/bench_infer.py [--sizes 320 640] [--batch 8] [--repeats 10]
+    python benchmarks/bench_infer.py [--sizes 320 640] [--batch 8] [--repeats 5] [--fuse]
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fuse", action="store_true", help="also time ultralytics fused")
     args = parser.parse_args()
     try:

@@ -12,9 +12,9 @@ logged iteration), TensorBoard events in ``tb/``, orbax checkpoints (``checkpoin
 
 Multi-scale training draws one size per batch from ``data.multi_scale``; each size compiles
 once and is cached, so the step never recompiles after the sizes have been seen. Mosaic turns
-off for the last ``data.augment.close_mosaic`` epochs. ``train.time_limit`` (minutes) shortens
-the schedule after each epoch so that training plus the final evaluation fit the limit: the
-schedule length is part of the state, so this does not recompile.
+off for the last ``data.augment.close_mosaic`` epochs. ``train.time_limit`` (minutes) sets the
+schedule length after each epoch (at most ``train.epochs``) so that training plus the final
+evaluation fit the limit; the length is part of the state, so this does not recompile.
 """
 
 from __future__ import annotations
@@ -246,8 +246,9 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def _schedule_fit(cfg: Config, epochs: int, done: int, elapsed: float, epoch_time: float,
                   eval_time: float) -> int:
-    """Epochs that fit ``train.time_limit`` given the time so far: at most ``epochs``, at
-    least ``done + 1`` (one more epoch so the schedule can finish)... unless ``done == epochs``."""
+    """Epochs that fit ``train.time_limit`` given the time so far: at most ``epochs`` (the
+    configured upper bound), at least ``done + 1`` unless ``done == epochs``. Re-evaluated
+    after every epoch, so the schedule also grows back when epochs get faster."""
     limit = float(cfg.train.time_limit) * 60.0
     if limit <= 0 or epoch_time <= 0:
         return epochs
@@ -357,11 +358,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         per_epoch = float(np.median(epoch_times))
         eval_estimate = (1.3 * last_eval_time if last_eval_time else
                          60.0 + 0.5 * per_epoch * len(val_ds) / (nb * cfg.train.batch))
-        new_epochs = _schedule_fit(cfg, epochs, epoch, time.time() - t_start, per_epoch,
-                                   eval_estimate + 5.0)
+        new_epochs = _schedule_fit(cfg, int(cfg.train.epochs), epoch, time.time() - t_start,
+                                   per_epoch, eval_estimate + 5.0)
         if new_epochs != epochs:
-            print(f"time_limit={cfg.train.time_limit} min: schedule shortened from {epochs} "
-                  f"to {new_epochs} epochs")
+            print(f"time_limit={cfg.train.time_limit} min: schedule set from {epochs} to "
+                  f"{new_epochs} epochs (at most train.epochs={cfg.train.epochs})")
             epochs = new_epochs
             state = runner.set_epochs(state, epochs)
             train_loader.config = dataclasses.replace(train_loader.config, epochs=epochs)

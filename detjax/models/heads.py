@@ -12,8 +12,8 @@ row-major over ``(y, x)`` within a level, then anchor shape), and offers
   ``[B, M]`` bool. The glue to :mod:`detjax.assign` and :mod:`detjax.losses` lives here.
 
 All heads use per-level (unshared) branches of two 3x3 ``ConvBNAct`` and a 1x1 convolution,
-as ultralytics ``Detect``; RetinaNet/GFL/FCOS share one GroupNorm tower over levels instead,
-which BatchNorm statistics would not tolerate.
+as ultralytics ``Detect``. (The reference RetinaNet/GFL/FCOS heads share one GroupNorm tower
+across levels; with BatchNorm, per-level branches keep per-level statistics.)
 """
 
 from __future__ import annotations

@@ -405,7 +405,7 @@ def _best_class(pred: jax.Array, first: int = 4) -> tuple[jax.Array, jax.Array]:
     def body(c, state):
         best, arg = state
         x = lax.dynamic_index_in_dim(pred, first + c, axis, keepdims=False)
-        better = x > best
+        better = (x > best) | jnp.isnan(x)  # NaN wins and sticks, like torch's max
         return jnp.where(better, x, best), jnp.where(better, c, arg)
 
     init = lax.index_in_dim(pred, first, axis, keepdims=False)
@@ -483,10 +483,18 @@ def non_max_suppression(prediction: ArrayLike, *, conf_thres: float = 0.25,
     pred = pred.astype(jnp.promote_types(pred.dtype, jnp.float32))
     multi_label = bool(multi_label) and pred.shape[1] - 4 > 1
     class_ids = None if classes is None else jnp.asarray(classes, jnp.int32).reshape(-1)
-    threshold = _strict_threshold(iou_thres)
-    anchor, label, score, ok = _candidates(pred, conf_thres, multi_label, max_nms, class_ids)
+    return _postprocess(pred, conf_thres=conf_thres, iou_threshold=_strict_threshold(iou_thres),
+                        multi_label=multi_label, max_nms=max_nms, max_det=max_det,
+                        max_wh=max_wh, agnostic=agnostic, classes=class_ids)
+
+
+def _postprocess(pred: jax.Array, *, conf_thres: float, iou_threshold: jax.Array,
+                 multi_label: bool, max_nms: int, max_det: int, max_wh: float, agnostic: bool,
+                 classes: jax.Array | None) -> Detections:
+    """Candidates, box conversion and per-image class-offset NMS of ``pred [B, 4 + C, A]``."""
+    anchor, label, score, ok = _candidates(pred, conf_thres, multi_label, max_nms, classes)
     boxes = box_convert(jnp.swapaxes(pred[:, :4], 1, 2), "cxcywh", "xyxy")  # [B, A, 4]
     if anchor.shape[1] != boxes.shape[1] or multi_label:  # candidates are not all anchors
         boxes = jnp.take_along_axis(boxes, anchor[..., None], axis=1)  # [B, K, 4]
-    one = lambda *x: _nms_one_image(*x, threshold, max_det, max_wh, agnostic)
+    one = lambda *x: _nms_one_image(*x, iou_threshold, max_det, max_wh, agnostic)
     return Detections(*jax.vmap(one)(boxes, anchor, label, score, ok))

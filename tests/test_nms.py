@@ -530,13 +530,15 @@ def test_non_max_suppression_indices_point_at_anchors():
 def test_non_max_suppression_ignores_nan_anchors():
     pred = yolo_prediction(np.random.default_rng(9), batch=1)
     clean = jax.jit(non_max_suppression)(pred)
-    top = int(clean.indices[0, 0])
+    top, second = int(clean.indices[0, 0]), int(clean.indices[0, 1])
     poisoned = pred.copy()
     poisoned[0, 0, top] = np.nan  # best anchor gets a NaN box: dropped, harms nothing else
+    poisoned[0, 5, second] = np.nan  # a NaN class score poisons the anchor's max (as in torch)
     r = jax.jit(non_max_suppression)(poisoned)
-    assert top not in np.asarray(r.indices[0]) and np.all(np.isfinite(np.asarray(r.detections)))
-    expected = np_postprocess(np.where(np.isnan(poisoned), 0, poisoned)[:, :, np.arange(
-        pred.shape[2]) != top], 0.25, 0.45)
+    assert top not in np.asarray(r.indices[0]) and second not in np.asarray(r.indices[0])
+    assert np.all(np.isfinite(np.asarray(r.detections)))
+    rest = ~np.isin(np.arange(pred.shape[2]), [top, second])
+    expected = np_postprocess(pred[:, :, rest], 0.25, 0.45)
     np.testing.assert_array_equal(np.asarray(r.detections[0, : int(r.count[0])]), expected[0])
 
 

@@ -348,8 +348,9 @@ def soft_nms(boxes: ArrayLike, scores: ArrayLike, *,
     ``iou >= iou_threshold``. A remaining box whose decayed score falls below
     ``min_score`` is dropped. As in mmcv, the very first pick is never tested against
     ``min_score`` (only decayed scores are), so a non-empty input keeps at least one box.
-    Differences: NaN / ``-inf`` inputs are ignored, and a pair with zero union has IoU 0
-    (mmcv divides 0 by 0).
+    Differences: NaN / ``-inf`` inputs are ignored, a pair with zero union has IoU 0
+    (mmcv divides 0 by 0), equal current scores go lower index first (mmcv's order
+    depends on its in-place swaps), and at most ``max_output`` boxes are picked.
     """
     if method not in _SOFT_METHODS:
         raise ValueError(f"method must be one of {_SOFT_METHODS}, got {method!r}")

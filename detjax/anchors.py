@@ -154,9 +154,7 @@ def kmeans_anchors(wh: ArrayLike, num_anchors: int, *, key: jax.Array, iteration
     weights = _weights(wh, mask)
     if not 1 <= num_anchors <= wh.shape[0]:
         raise ValueError(f"num_anchors must be in [1, N={wh.shape[0]}], got {num_anchors}")
-    p = weights / jnp.maximum(weights.sum(), 1)
-    start = jax.random.choice(key, wh.shape[0], (num_anchors,), replace=False, p=p)
-
+    start = _draw_distinct(key, weights, num_anchors)
     anchors, _ = _lloyd(wh, weights, wh[start], iterations, _nearest_iou)
     return anchors[jnp.argsort(anchors.prod(1))]
 
@@ -258,6 +256,14 @@ class AnchorFit(NamedTuple):
     mean_iou: jax.Array
 
 
+def _draw_distinct(key: jax.Array, weights: jax.Array, k: int) -> jax.Array:
+    """``k`` distinct row indices drawn with probability proportional to ``weights [N]``
+    without replacement (Gumbel top-k: the law of ``jax.random.choice(replace=False, p=...)``
+    at a fraction of its cost on CPU)."""
+    log_w = jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+    return jax.lax.top_k(log_w + jax.random.gumbel(key, weights.shape, weights.dtype), k)[1]
+
+
 def _nearest_iou(wh: jax.Array, anchors: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Index ``[N]`` of the anchor of highest :func:`wh_iou` (first on ties) and ``1 - IoU``;
     one ``[N]``-wide column per anchor (an unrolled loop: fast on CPU)."""
@@ -287,10 +293,11 @@ def _lloyd(x: jax.Array, weights: jax.Array, centres: jax.Array, iterations: int
     """k-means steps on ``x [N, 2]`` with ``nearest(x, centres) -> (index, distance)`` ->
     (centres ``[K, 2]``, mean distance); a centre with no point stays where it is."""
 
+    xw = jnp.concatenate([x * weights[:, None], weights[:, None]], 1)  # [N, 3]
+
     def step(_, c):
         idx, _ = nearest(x, c)
-        sums = jax.ops.segment_sum(jnp.concatenate([x * weights[:, None], weights[:, None]], 1),
-                                   idx, c.shape[0])  # [K, 3]: weighted sums of x, counts
+        sums = jax.ops.segment_sum(xw, idx, c.shape[0])  # [K, 3]: weighted sums of x, counts
         return jnp.where(sums[:, 2:] > 0, sums[:, :2] / jnp.maximum(sums[:, 2:], 1e-12), c)
 
     centres = jax.lax.fori_loop(0, iterations, step, centres)
@@ -306,14 +313,12 @@ def _whitened_kmeans(wh: jax.Array, weights: jax.Array, k: int, key: jax.Array,
     mean = (wh * weights[:, None]).sum(0) / total  # [2]
     std = jnp.sqrt((((wh - mean) ** 2) * weights[:, None]).sum(0) / total)  # numpy std, ddof 0
     x = wh / std
-    p = weights / total
 
     def run(key):
-        start = jax.random.choice(key, wh.shape[0], (k,), replace=False, p=p)
+        start = _draw_distinct(key, weights, k)
         return _lloyd(x, weights, x[start], iterations)
 
-    # lax.map runs the starts one after another: faster on CPU than vmap here.
-    centres, distortion = jax.lax.map(run, jax.random.split(key, restarts))
+    centres, distortion = jax.vmap(run)(jax.random.split(key, restarts))
     return centres[jnp.argmin(distortion)] * std
 
 

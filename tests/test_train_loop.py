@@ -73,7 +73,8 @@ def test_time_limit_shortens_the_schedule():
     cfg = load_config(None, ["train.time_limit=1.0"])  # 60 s
     assert loop._schedule_fit(cfg, 20, 1, 20.0, 10.0, 5.0) == 4   # 1 + (60-20-5) // 10
     assert loop._schedule_fit(cfg, 3, 1, 20.0, 10.0, 5.0) == 3    # never above epochs
-    assert loop._schedule_fit(cfg, 20, 2, 70.0, 10.0, 5.0) == 3   # at least one more
+    assert loop._schedule_fit(cfg, 20, 2, 50.0, 10.0, 5.0) == 2   # no time left: stop now
+    assert loop._schedule_fit(cfg, 20, 2, 80.0, 10.0, 5.0) == 2   # over time: stop now
     assert loop._schedule_fit(load_config(None, ["train.time_limit=0"]), 20, 1, 1e9, 1, 1) == 20
 
 

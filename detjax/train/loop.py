@@ -247,13 +247,13 @@ def _progress(total: int, desc: str, enabled: bool):
 def _schedule_fit(cfg: Config, epochs: int, done: int, elapsed: float, epoch_time: float,
                   eval_time: float) -> int:
     """Epochs that fit ``train.time_limit`` given the time so far: at most ``epochs`` (the
-    configured upper bound), at least ``done + 1`` unless ``done == epochs``. Re-evaluated
+    configured upper bound); ``done`` (stop now) when no further epoch fits. Re-evaluated
     after every epoch, so the schedule also grows back when epochs get faster."""
     limit = float(cfg.train.time_limit) * 60.0
     if limit <= 0 or epoch_time <= 0:
         return epochs
     fit = done + int((limit - elapsed - eval_time) // epoch_time)
-    return int(min(epochs, max(done + 1, fit)))
+    return int(min(epochs, max(done, fit, 1)))
 
 
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
@@ -312,7 +312,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
               f"{cfg.model.head}) on {cfg.data.format} ({len(train_ds)} train / {len(val_ds)} "
               f"val images, {len(class_names)} classes), {nb} iterations/epoch, "
               f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
-              f"parallel={runner.mode}, workdir={workdir}")
+              f"parallel={runner.mode}, workdir={workdir}; set up in "
+              f"{time.time() - t_start:.0f}s")
 
     result: dict[str, Any] = {}
     last_eval_time, epoch_times, compile_time = 0.0, [], None
@@ -400,6 +401,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
             ckpt.save(epoch, host, meta)
             return {"stopped_at_epoch": epoch}
 
+    if not result:  # resumed a finished run: report its numbers again
+        print(f"{workdir} already holds a finished run ({epochs} epochs); evaluating it. "
+              "Use another workdir or resume=false to train anew.")
+        result, samples = evaluate(runner.host_state(state), val_loader, cfg, class_names,
+                                   keep_images=16)
     if writer is not None:
         writer.close()
     final = {**_summary(result), "epochs": epochs, "best_map": best_map,
@@ -448,7 +454,11 @@ def _plots(workdir: Path, result: dict, samples: list, class_names) -> list[str]
     plot is reported and skipped (never lose a finished run to a figure)."""
     from detjax import plots
 
-    jobs = [("results.png", lambda p: plots.plot_metrics(str(workdir / "metrics.csv"), p)),
+    with open(workdir / "metrics.csv", newline="") as f:
+        header = next(csv.reader(f))
+    columns = [c for c in header if c.startswith(("train/", "val/"))] + ["images_per_s"]
+    jobs = [("results.png", lambda p: plots.plot_metrics(str(workdir / "metrics.csv"), p,
+                                                         columns=columns)),
             ("PR_curve.png", lambda p: plots.plot_pr_curve(result, p))]
     if samples:
         jobs.append(("val_batch.png", lambda p: plots.plot_val_grid(

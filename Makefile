@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?= -m "not slow" -n 2
 
 .PHONY: setup setup-peers train test test-all lint bench clean
 
@@ -28,7 +28,7 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: setup
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "" -n 2
 
 lint: setup
 	$(VENV)/bin/ruff check detjax tests benchmarks

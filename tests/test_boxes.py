@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 import detjax
 from detjax import boxes as B
@@ -234,6 +234,7 @@ coords = st.floats(-50, 150, allow_nan=False, width=32)
 box_arrays = hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.just(4)), elements=coords)
 
 
+@settings(max_examples=10)  # every new shape pair recompiles four functions
 @given(box_arrays, box_arrays)
 def test_jit_equals_eager_and_symmetry(a, b):
     for kind, fn in PAIRWISE.items():
@@ -245,6 +246,7 @@ def test_jit_equals_eager_and_symmetry(a, b):
             np.testing.assert_allclose(np.asarray(fn(b, a)).T, eager, rtol=1e-4, atol=1e-5)
 
 
+@settings(max_examples=10)
 @given(st.integers(1, 5), st.floats(0.1, 10))
 def test_vmap_equals_loop_and_scale_invariance(n, scale):
     rng = np.random.default_rng(n)

@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+from _timing import median_seconds
 
 
 def make_problem(batch: int, max_boxes: int, num_classes: int, seed: int = 0):
@@ -37,12 +38,7 @@ def make_problem(batch: int, max_boxes: int, num_classes: int, seed: int = 0):
 
 
 def median_time(fn, args, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return median_seconds(lambda: jax.block_until_ready(fn(*args)), reps)
 
 
 def main() -> None:

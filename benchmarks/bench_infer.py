@@ -13,24 +13,15 @@ detjax's compile time is reported separately.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import median_seconds
 from flax import nnx
 
 from detjax.models import create_model
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def bench_detjax(images: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -49,7 +40,7 @@ def bench_detjax(images: np.ndarray, repeats: int) -> tuple[float, float]:
     compiled = infer.lower(state, x).compile()
     compile_s = time.perf_counter() - t0
     compiled(state, x).block_until_ready()
-    return compile_s, _median_seconds(lambda: compiled(state, x).block_until_ready(), repeats)
+    return compile_s, median_seconds(lambda: compiled(state, x).block_until_ready(), repeats)
 
 
 def bench_ultralytics(images: np.ndarray, repeats: int, fuse: bool) -> float | None:
@@ -64,7 +55,7 @@ def bench_ultralytics(images: np.ndarray, repeats: int, fuse: bool) -> float | N
     x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     with torch.inference_mode():
         model(x)
-        return _median_seconds(lambda: model(x), repeats)
+        return median_seconds(lambda: model(x), repeats)
 
 
 def main() -> None:

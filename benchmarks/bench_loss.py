@@ -11,7 +11,6 @@ relative difference of the three loss items.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 import types
@@ -22,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import median_seconds as median_time
 
 from detjax.anchors import make_anchor_points  # noqa: E402
 from detjax.losses import yolo_detection_loss  # noqa: E402
@@ -67,14 +68,6 @@ def padded_pixel_gt(inp: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         start += n
     return labels, boxes, mask
 
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def ultralytics_loss(inp: dict, reg_max: int):

@@ -16,23 +16,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from functools import partial
 
 import numpy as np
+from _timing import median_seconds
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_seconds(fn, repeats) * 1e3
 
 
 def _jax_case(fn, args, repeats: int):

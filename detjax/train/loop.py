@@ -358,7 +358,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         # shorten the schedule to the time limit (the first epoch includes compilation)
         per_epoch = float(np.median(epoch_times))
         eval_estimate = (1.3 * last_eval_time if last_eval_time else
-                         60.0 + 0.5 * per_epoch * len(val_ds) / (nb * cfg.train.batch))
+                         30.0 + 0.5 * per_epoch * len(val_ds) / (nb * cfg.train.batch))
         new_epochs = _schedule_fit(cfg, int(cfg.train.epochs), epoch, time.time() - t_start,
                                    per_epoch, eval_estimate + 5.0)
         if new_epochs != epochs:

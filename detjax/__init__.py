@@ -21,10 +21,10 @@ from detjax.boxes import (
     generalized_box_iou,
 )
 
-# Bound eagerly (listed in __all__ via _LAZY): the function `nms` shares its name with the
+# Bound eagerly: the function `nms` shares its name with the
 # submodule `detjax.nms`, and a lazy binding loses to the submodule attribute once
 # `from detjax.nms import ...` has run.
-from detjax.nms import (  # noqa: F401
+from detjax.nms import (
     NMSResult,
     batched_nms,
     diou_nms,
@@ -40,23 +40,8 @@ _SUBMODULES = frozenset({
     "losses", "models", "nms", "plots", "train", "tune",
 })
 
-# Top-level names that live in submodules, resolved on first access.
-_LAZY = {
-    "nms": ("detjax.nms", "nms"),
-    "soft_nms": ("detjax.nms", "soft_nms"),
-    "diou_nms": ("detjax.nms", "diou_nms"),
-    "batched_nms": ("detjax.nms", "batched_nms"),
-    "non_max_suppression": ("detjax.nms", "non_max_suppression"),
-    "NMSResult": ("detjax.nms", "NMSResult"),
-}
-
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(_importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
     if name in _SUBMODULES:
         return _importlib.import_module(f"detjax.{name}")
     raise AttributeError(f"module 'detjax' has no attribute {name!r}")
@@ -74,5 +59,10 @@ __all__ = [
     "complete_box_iou",
     "distance_box_iou",
     "generalized_box_iou",
-    *_LAZY,
+    "NMSResult",
+    "batched_nms",
+    "diou_nms",
+    "nms",
+    "non_max_suppression",
+    "soft_nms",
 ]

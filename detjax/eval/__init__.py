@@ -3,7 +3,7 @@
 Names resolve lazily so ``import detjax.eval`` does no work.
 """
 
-import importlib as _importlib
+from detjax._lazy import lazy_getattr
 
 _LAZY = {
     "coco_evaluate": "detjax.eval.coco",
@@ -20,12 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(_importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'detjax.eval' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = list(_LAZY)

@@ -4,7 +4,7 @@ and the ``train_and_evaluate`` loop behind ``detjax train``.
 Names resolve lazily, so ``import detjax.train`` does no work.
 """
 
-import importlib as _importlib
+from detjax._lazy import lazy_getattr
 
 _LAZY = {
     "train_and_evaluate": "detjax.train.loop",
@@ -26,12 +26,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(_importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'detjax.train' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
 
 __all__ = list(_LAZY)

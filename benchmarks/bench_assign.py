@@ -1,10 +1,11 @@
-"""Task-aligned assignment: detjax (jit + vmap) vs ultralytics TaskAlignedAssigner on CPU.
+"""Task-aligned assignment: detjax (jit + vmap) vs ultralytics TaskAlignedAssigner.
 
 Batch 16 x 8400 anchors (640x640, strides 8/16/32) x 80 classes x 32 ground-truth slots,
 realistic fill (0-32 boxes per image). Prints median wall times, the ratio, compile time
-separately, and whether the outputs agree.
+separately, and whether the outputs agree. detjax runs on JAX's default device, ultralytics
+on ``--torch-device`` (default cpu; ``cuda``: inputs on the GPU, each timed call waits for it).
 
-    python benchmarks/bench_assign.py [--reps 5] [--batch 16]
+    python benchmarks/bench_assign.py [--reps 5] [--batch 16] [--torch-device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 import jax
 import numpy as np
-from _timing import median_seconds
+from _timing import median_seconds, torch_blocking, torch_device_info
 
 
 def make_problem(batch: int, max_boxes: int, num_classes: int, seed: int = 0):
@@ -47,6 +48,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-boxes", type=int, default=32)
     parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--torch-device", default="cpu",
+                        help="device of the ultralytics peer: cpu (default) or cuda")
     args = parser.parse_args()
 
     from detjax.assign import batched_task_aligned
@@ -62,6 +65,8 @@ def main() -> None:
     except ImportError:
         torch = None
         print("ultralytics not installed: peer rows skipped")
+    else:
+        print(f"ultralytics peer on {torch_device_info(args.torch_device)}")
     rows = []
     # classic candidates (ultralytics stride=[0.] disables the >= 8.4 enlargement), then the
     # installed v8DetectionLoss configuration (stride [8, 16, 32] -> boxes below 16 px grow).
@@ -76,14 +81,16 @@ def main() -> None:
             continue
         ref = TaskAlignedAssigner(topk=10, num_classes=args.classes, alpha=0.5, beta=6.0,
                                   stride=stride or [8, 16, 32])
-        t = lambda x: torch.from_numpy(np.ascontiguousarray(x))
+        t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(args.torch_device)
         targs = (t(scores), t(pd), t(pts), t(labels[..., None].astype(np.float32)), t(gt),
                  t(mask[..., None].astype(np.float32)))
         with torch.no_grad():
             want = ref(*targs)
-            theirs = median_time(ref, targs, args.reps)
-        rows.append((f"[{label}] ultralytics TaskAlignedAssigner ({torch.get_num_threads()} "
-                     "threads)", theirs, ours))
+            theirs = median_time(torch_blocking(ref, args.torch_device), targs, args.reps)
+        where = (f"{torch.get_num_threads()} threads" if torch.device(args.torch_device).type
+                 == "cpu" else str(args.torch_device))
+        rows.append((f"[{label}] ultralytics TaskAlignedAssigner ({where})", theirs, ours))
+        want = [w.cpu() for w in want]
         fg, fg_ref = np.asarray(out.fg_mask), want[3].numpy()
         both = fg & fg_ref
         same_gt = (np.asarray(out.gt_index) == want[4].numpy())[both].mean()

@@ -5,9 +5,11 @@ Both sides run the full network plus box decoding to ``[B, 84, A]`` (no NMS) on 
 random batch: detjax under ``jax.jit`` with NHWC input, ultralytics in ``eval()`` under
 ``torch.inference_mode()`` with NCHW input, as is (``--fuse`` also times its conv+BN fused
 model, which its predictor uses). Medians over ``--repeats`` timed calls after warm-up;
-detjax's compile time is reported separately.
+detjax's compile time is reported separately. detjax runs on JAX's default device, ultralytics
+on ``--torch-device`` (``cuda``: model and batch on the GPU, each timed call waits for it).
 
     python benchmarks/bench_infer.py [--sizes 320 640] [--batch 8] [--repeats 5] [--fuse]
+        [--torch-device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _timing import median_seconds
+from _timing import jax_device_info, median_seconds, torch_blocking, torch_device_info
 from flax import nnx
 
 from detjax.models import create_model
@@ -43,19 +45,21 @@ def bench_detjax(images: np.ndarray, repeats: int) -> tuple[float, float]:
     return compile_s, median_seconds(lambda: compiled(state, x).block_until_ready(), repeats)
 
 
-def bench_ultralytics(images: np.ndarray, repeats: int, fuse: bool) -> float | None:
+def bench_ultralytics(images: np.ndarray, repeats: int, fuse: bool,
+                      device: str = "cpu") -> float | None:
     try:
         import torch
         from ultralytics import YOLO
     except ImportError:
         return None
-    model = YOLO("yolov8n.yaml").model.eval()
+    model = YOLO("yolov8n.yaml").model.eval().to(device)
     if fuse:
         model = model.fuse(verbose=False)
-    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+    call = torch_blocking(lambda: model(x), device)
     with torch.inference_mode():
-        model(x)
-        return median_seconds(lambda: model(x), repeats)
+        call()
+        return median_seconds(call, repeats)
 
 
 def main() -> None:
@@ -64,13 +68,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--fuse", action="store_true", help="also time ultralytics fused")
+    parser.add_argument("--torch-device", default="cpu",
+                        help="device of the ultralytics peer: cpu (default) or cuda")
     args = parser.parse_args()
     try:
         import torch
-        torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        torch_info = f"torch {torch.__version__} on {torch_device_info(args.torch_device)}"
     except ImportError:
         torch_info = "torch not installed"
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; {torch_info}; "
+    print(f"jax {jax.__version__} on {jax_device_info()}; {torch_info}; "
           f"batch {args.batch}, median of {args.repeats}")
     header = f"{'size':>5} {'detjax img/s':>13} {'ultra img/s':>12} {'ratio':>6} {'compile s':>10}"
     if args.fuse:
@@ -79,14 +85,15 @@ def main() -> None:
     for size in args.sizes:
         images = np.random.default_rng(0).random((args.batch, size, size, 3), np.float32)
         compile_s, ours = bench_detjax(images, args.repeats)
-        theirs = bench_ultralytics(images, args.repeats, fuse=False)
+        theirs = bench_ultralytics(images, args.repeats, fuse=False, device=args.torch_device)
         ours_ips = args.batch / ours
         row = f"{size:>5} {ours_ips:>13.1f} "
         row += (f"{args.batch / theirs:>12.1f} {ours_ips / (args.batch / theirs):>6.2f}"
                 if theirs else f"{'n/a':>12} {'n/a':>6}")
         row += f" {compile_s:>10.1f}"
         if args.fuse:
-            fused = bench_ultralytics(images, args.repeats, fuse=True)
+            fused = bench_ultralytics(images, args.repeats, fuse=True,
+                                      device=args.torch_device)
             row += (f" {args.batch / fused:>12.1f} {ours_ips / (args.batch / fused):>6.2f}"
                     if fused else "")
         print(row, flush=True)

@@ -3,9 +3,10 @@
 Same tensors into both: batch 16 x 8400 anchors (640 px, strides 8/16/32) x 80 classes x
 32 ground-truth slots. Prints the median wall time of the value (and of the value and
 gradient w.r.t. the predictions), the speed ratio, detjax's compile time, and the largest
-relative difference of the three loss items.
+relative difference of the three loss items. detjax runs on JAX's default device, ultralytics
+on ``--torch-device`` (``cuda``: all its inputs on the GPU, each timed call waits for it).
 
-    .venv/bin/python benchmarks/bench_loss.py [--batch 16] [--repeats 7]
+    .venv/bin/python benchmarks/bench_loss.py [--batch 16] [--repeats 7] [--torch-device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _timing import jax_device_info, torch_blocking, torch_device_info
 from _timing import median_seconds as median_time
 
 from detjax.anchors import make_anchor_points  # noqa: E402
@@ -70,8 +72,9 @@ def padded_pixel_gt(inp: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 
-def ultralytics_loss(inp: dict, reg_max: int):
-    """Returns (value_fn, value_and_grad_fn, items) for ultralytics v8DetectionLoss."""
+def ultralytics_loss(inp: dict, reg_max: int, device: str = "cpu"):
+    """Returns (value_fn, value_and_grad_fn, items) for ultralytics v8DetectionLoss on
+    ``device``; on a GPU both functions wait for it before they return."""
     import torch
     from ultralytics.utils.loss import v8DetectionLoss
 
@@ -80,15 +83,16 @@ def ultralytics_loss(inp: dict, reg_max: int):
             super().__init__()
             self.p = torch.nn.Parameter(torch.zeros(1))
             self.args = types.SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
-            self.model = [types.SimpleNamespace(stride=torch.tensor(STRIDES), nc=inp["nc"],
-                                                reg_max=reg_max)]
+            self.model = [types.SimpleNamespace(stride=torch.tensor(STRIDES, device=device),
+                                                nc=inp["nc"], reg_max=reg_max)]
 
-    criterion = v8DetectionLoss(_Model())
+    criterion = v8DetectionLoss(_Model().to(device))
     batch = {"batch_idx": torch.tensor(inp["batch_idx"]), "cls": torch.tensor(inp["cls"])[:, None],
              "bboxes": torch.tensor(inp["xywhn"])}
-    feats = [torch.zeros(len(inp["counts"]), 1, h, w) for h, w in inp["shapes"]]
-    distri = torch.tensor(inp["distri"]).permute(0, 2, 1)
-    scores = torch.tensor(inp["scores"]).permute(0, 2, 1)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    feats = [torch.zeros(len(inp["counts"]), 1, h, w, device=device) for h, w in inp["shapes"]]
+    distri = torch.tensor(inp["distri"]).permute(0, 2, 1).to(device)
+    scores = torch.tensor(inp["scores"]).permute(0, 2, 1).to(device)
 
     def value():
         with torch.no_grad():
@@ -101,7 +105,7 @@ def ultralytics_loss(inp: dict, reg_max: int):
         return items, d.grad, s.grad
 
     items = {k.removesuffix("_loss"): float(v) for k, v in value()[1].items()}
-    return value, value_and_grad, items
+    return torch_blocking(value, device), torch_blocking(value_and_grad, device), items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-grad", action="store_true", help="skip the value_and_grad rows")
+    parser.add_argument("--torch-device", default="cpu",
+                        help="device of the ultralytics peer: cpu (default) or cuda")
     args = parser.parse_args(argv)
     reg_max = 16
     inp = make_inputs(args.batch, args.classes, args.max_boxes, args.imgsz, reg_max)
@@ -122,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     num_anchors = inp["distri"].shape[1]
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; batch {args.batch} x "
           f"{num_anchors} anchors x {args.classes} classes x {args.max_boxes} gt slots")
+    try:
+        peer_device = torch_device_info(args.torch_device)
+    except ImportError:
+        peer_device = "- (torch not installed)"
+    print(f"devices: detjax on {jax_device_info()}, ultralytics on {peer_device}")
 
     value_fn = jax.jit(yolo_detection_loss)
     grad_fn = jax.jit(jax.value_and_grad(
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     t_dj = median_time(lambda: jax.block_until_ready(value_fn(*dev)), args.repeats)
     peer = None
     try:
-        peer_value, peer_grad, peer_items = ultralytics_loss(inp, reg_max)
+        peer_value, peer_grad, peer_items = ultralytics_loss(inp, reg_max, args.torch_device)
         peer = median_time(peer_value, args.repeats)
     except ImportError as err:
         print(f"ultralytics not installed ({err}); detjax timings only")

@@ -41,13 +41,28 @@ SCRIPT = textwrap.dedent("""
         losses["pmap"].append(float(m2["loss"][0]))
         losses["sharded"].append(float(m3["loss"]))
     pm = S.unreplicate(pm)
+    # the loop's flat-state path (S.make_flat_step) in each mode, on the same batches
+    flat = {{}}
+    for mode, start, prep in (
+            ("single", fresh(), lambda b: b),
+            ("pmap", S.prepare_pmap_state(fresh()), S.shard_batch),
+            ("sharded", S.replicate_on_mesh(fresh(), mesh), lambda b: S.global_batch(b, mesh))):
+        fs = S.FlatState.of(start)
+        run = S.make_flat_step(fs.treedef, mode, mesh)
+        leaves = fs.leaves
+        for b in batches:
+            leaves, _ = run(leaves, prep(b))
+        st = S.FlatState(leaves, fs.treedef).unflatten()
+        flat[mode] = S.unreplicate(st) if mode == "pmap" else st
     def diff(a, b):
         return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     trees = lambda s: (s.params, s.batch_stats, s.ema_params, s.ema_stats, s.opt_state)
     out = {{"pmap": diff(trees(single), trees(pm)), "sharded": diff(trees(single), trees(sh)),
            "steps": int(single.step), "losses": losses,
-           "moved": diff(trees(single)[0], fresh().params)}}
+           "moved": diff(trees(single)[0], fresh().params),
+           "flat": {{k: diff(trees(v), trees(r)) for (k, v), r in
+                    zip(flat.items(), (single, pm, sh))}}}}
     print("RESULT" + json.dumps(out))
 """)
 
@@ -65,5 +80,6 @@ def test_pmap_and_sharded_equal_single_device(tmp_path):
     assert out["steps"] >= 1 and out["moved"] > 1e-4  # training actually changed the weights
     assert out["pmap"] < 1e-5, out
     assert out["sharded"] < 1e-5, out
+    assert out["flat"] == {"single": 0.0, "pmap": 0.0, "sharded": 0.0}, out  # same programs
     for name in ("pmap", "sharded"):
         assert out["losses"][name] == pytest.approx(out["losses"]["single"], rel=1e-5)

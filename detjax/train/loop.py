@@ -70,6 +70,7 @@ def build_loaders(cfg: Config, train_ds, val_ds):
     common = dict(max_boxes=d.max_boxes, seed=cfg.seed)
     train = Loader(train_ds, LoaderConfig(
         batch_size=cfg.train.batch, image_size=d.imgsz, multi_scale=tuple(d.multi_scale),
+        multi_scale_mode=d.multi_scale_mode,
         augment=True, aug=aug, epochs=cfg.train.epochs, workers=d.workers,
         repeat_threshold=d.repeat_threshold, **common))
     val = Loader(val_ds, LoaderConfig(
@@ -125,36 +126,42 @@ class Runner:
         self.mode = mode
         self.mesh = step_lib.make_mesh() if mode == "sharded" else None
 
-    def put(self, state: TrainState) -> TrainState:
+    def put(self, state: TrainState) -> step_lib.FlatState:
+        """The state laid out for this mode, held flat (``step_lib.FlatState``)."""
         if self.mode == "pmap":
-            return step_lib.prepare_pmap_state(state)
-        if self.mode == "sharded":
-            return step_lib.replicate_on_mesh(state, self.mesh)
-        return state
+            state = step_lib.prepare_pmap_state(state)
+        elif self.mode == "sharded":
+            state = step_lib.replicate_on_mesh(state, self.mesh)
+        flat = step_lib.FlatState.of(state)
+        self._step = step_lib.make_flat_step(flat.treedef, self.mode, self.mesh)
+        return flat
 
-    def step(self, state: TrainState, batch: dict):
+    def step(self, state: step_lib.FlatState, batch: dict):
         if self.mode == "pmap":
-            state, metrics = step_lib.pmap_train_step(state, step_lib.shard_batch(batch))
-            return state, jax.tree.map(lambda x: x[0], metrics)
-        if self.mode == "sharded":
-            return step_lib.sharded_train_step(state, step_lib.global_batch(batch, self.mesh),
-                                               self.mesh)
-        return step_lib.jit_train_step(state, batch)
+            leaves, metrics = self._step(state.leaves, step_lib.shard_batch(batch))
+            metrics = jax.tree.map(lambda x: x[0], metrics)
+        elif self.mode == "sharded":
+            leaves, metrics = self._step(state.leaves, step_lib.global_batch(batch, self.mesh))
+        else:
+            leaves, metrics = self._step(state.leaves, batch)
+        return step_lib.FlatState(leaves, state.treedef), metrics
 
-    def set_epochs(self, state: TrainState, epochs: int) -> TrainState:
+    def set_epochs(self, state: step_lib.FlatState, epochs: int) -> step_lib.FlatState:
         value = np.int32(epochs)
         if self.mode == "pmap":
             value = step_lib.replicate(value)
         elif self.mode == "sharded":
             value = step_lib.replicate_on_mesh(value, self.mesh)
-        return state.replace(epochs=value)
+        return step_lib.FlatState.of(state.unflatten().replace(epochs=value))
 
-    def host_state(self, state: TrainState) -> TrainState:
+    def host_state(self, state: step_lib.FlatState) -> TrainState:
+        """The plain single-copy ``TrainState`` (evaluation, checkpoints)."""
+        tree = state.unflatten()
         if self.mode == "pmap":
             from detjax.train.state import with_batchnorm_axis
 
-            return with_batchnorm_axis(step_lib.unreplicate(state), None)
-        return state
+            return with_batchnorm_axis(step_lib.unreplicate(tree), None)
+        return tree
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -244,16 +251,29 @@ def _progress(total: int, desc: str, enabled: bool):
 # ----------------------------------------------------------------------------- main loop
 
 
-def _schedule_fit(cfg: Config, epochs: int, done: int, elapsed: float, epoch_time: float,
+def _schedule_fit(cfg: Config, epochs: int, done: int, elapsed: float, epoch_time,
                   eval_time: float) -> int:
     """Epochs that fit ``train.time_limit`` given the time so far: at most ``epochs`` (the
     configured upper bound); ``done`` (stop now) when no further epoch fits. Re-evaluated
-    after every epoch, so the schedule also grows back when epochs get faster."""
+    after every epoch, so the schedule also grows back when epochs get faster.
+
+    ``epoch_time``: seconds per epoch, or ``epoch_time(e, total)``, the seconds of epoch ``e``
+    in a schedule of ``total`` epochs (with progressive resizing the split point, and so the
+    cost of an epoch, depends on the schedule length)."""
     limit = float(cfg.train.time_limit) * 60.0
-    if limit <= 0 or epoch_time <= 0:
+    if limit <= 0:
         return epochs
-    fit = done + int((limit - elapsed - eval_time) // epoch_time)
-    return int(min(epochs, max(done, fit, 1)))
+    left = limit - elapsed - eval_time
+    if not callable(epoch_time):
+        if epoch_time <= 0:
+            return epochs
+        fit = done + int(left // epoch_time)
+        return int(min(epochs, max(done, fit, 1)))
+    fit = done
+    for total in range(done + 1, epochs + 1):
+        if sum(epoch_time(e, total) for e in range(done, total)) <= left:
+            fit = total
+    return int(max(fit, 1))
 
 
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
@@ -348,19 +368,22 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         epoch_time = time.time() - t0
         first = len(epoch_times) == 0
         steady_time = epoch_time - (compile_time or 0.0) if first else epoch_time
-        epoch_times.append(steady_time * (nb / max(nb - 1, 1) if first else 1.0))
+        steady_time *= nb / max(nb - 1, 1) if first else 1.0
+        epoch_times.append(steady_time / _pixels(train_loader.config, epoch - 1))
         train_time += epoch_time
         row = {"epoch": epoch, "iteration": it, "time_s": train_time,
                "images_per_s": images_seen / epoch_time,
                **{f"train/{k}": v / max(count, 1) for k, v in sums.items()},
                "val/map": "", "val/map50": "", "val/map75": "", "eval_time_s": ""}
 
-        # shorten the schedule to the time limit (the first epoch includes compilation)
-        per_epoch = float(np.median(epoch_times))
-        eval_estimate = (1.3 * last_eval_time if last_eval_time else
-                         30.0 + 0.5 * per_epoch * len(val_ds) / (nb * cfg.train.batch))
+        # shorten the schedule to the time limit (the first epoch includes compilation);
+        # epoch cost = seconds per pixel x the epoch's pixels (sizes vary when multi-scale)
+        per_pixel = float(np.median(epoch_times))
+        eval_estimate = (1.3 * last_eval_time if last_eval_time else 30.0 + 0.5 * per_pixel
+                         * cfg.data.imgsz ** 2 * len(val_ds) / (nb * cfg.train.batch))
+        cost = functools.partial(_epoch_cost, per_pixel, train_loader.config)
         new_epochs = _schedule_fit(cfg, int(cfg.train.epochs), epoch, time.time() - t_start,
-                                   per_epoch, eval_estimate + 5.0)
+                                   cost, eval_estimate + 5.0)
         if new_epochs != epochs:
             print(f"time_limit={cfg.train.time_limit} min: schedule set from {epochs} to "
                   f"{new_epochs} epochs (at most train.epochs={cfg.train.epochs})")
@@ -421,6 +444,16 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     if best_ckpt is not None:
         best_ckpt.close()
     return final
+
+
+def _pixels(loader_config, epoch: int) -> float:
+    """Mean pixels per image of ``epoch``'s batches (the unit of the epoch-time estimate)."""
+    return float(np.mean([s * s for s in loader_config.epoch_sizes(epoch)]))
+
+
+def _epoch_cost(per_pixel: float, loader_config, epoch: int, total: int) -> float:
+    """Estimated seconds of ``epoch`` in a schedule of ``total`` epochs."""
+    return per_pixel * _pixels(dataclasses.replace(loader_config, epochs=total), epoch)
 
 
 def _flush(pending, sums, count, steps_csv, writer, epoch, bar, images, since) -> int:

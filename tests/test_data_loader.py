@@ -83,6 +83,20 @@ def test_multi_scale_per_batch(ds):
         Loader(ds, multi_scale=(64, 100))
 
 
+def test_multi_scale_progressive(ds):
+    cfg = LoaderConfig(batch_size=2, multi_scale=(96, 64, 64), epochs=6,
+                       multi_scale_mode="progressive")
+    # sizes ascending, equal shares: 64 (listed twice) for 4 of 6 epochs, then 96
+    assert [cfg.epoch_sizes(e) for e in range(6)] == [(64,)] * 4 + [(96,)] * 2
+    loader = Loader(ds, cfg)
+    assert {b["images"].shape[1] for b in loader.epoch()} == {64}
+    assert {loader.batch_maker(5)(b)["images"].shape[1] for b in range(2)} == {96}
+    assert LoaderConfig(image_size=64).epoch_sizes(3) == (64,)
+    assert LoaderConfig(multi_scale=(64, 96)).epoch_sizes(0) == (64, 96)
+    with pytest.raises(ValueError, match="multi_scale_mode"):
+        Loader(ds, multi_scale=(64,), multi_scale_mode="ramp")
+
+
 def test_close_mosaic(ds):
     cfg = LoaderConfig(batch_size=4, image_size=64, epochs=5, aug=AugmentConfig(close_mosaic=2))
     loader = Loader(ds, cfg)

@@ -76,6 +76,23 @@ def test_time_limit_shortens_the_schedule():
     assert loop._schedule_fit(cfg, 20, 2, 50.0, 10.0, 5.0) == 2   # no time left: stop now
     assert loop._schedule_fit(cfg, 20, 2, 80.0, 10.0, 5.0) == 2   # over time: stop now
     assert loop._schedule_fit(load_config(None, ["train.time_limit=0"]), 20, 1, 1e9, 1, 1) == 20
+    # per-epoch costs that depend on the schedule length (progressive resizing)
+    assert loop._schedule_fit(cfg, 20, 1, 20.0, lambda e, total: 10.0, 5.0) == 4
+    assert loop._schedule_fit(cfg, 20, 2, 80.0, lambda e, total: 10.0, 5.0) == 2
+
+
+def test_time_limit_with_progressive_sizes():
+    """Small first half, large second half: the fit prices each epoch at its own size."""
+    from detjax.data.loader import LoaderConfig
+
+    cfg = load_config(None, ["train.time_limit=1.0"])  # 60 s
+    lc = LoaderConfig(image_size=64, multi_scale=(32, 64), multi_scale_mode="progressive")
+    # 1 s per 64^2 pixels: epochs at 32 px cost 0.25 s, at 64 px 1 s
+    cost = lambda e, total: loop._epoch_cost(1.0 / 64 ** 2, lc, e, total)
+    assert cost(0, 10) == 0.25 and cost(5, 10) == 1.0
+    # 0 done, 55 s left: E epochs cost E/2 * 0.25 + E/2 * 1 (E even) <= 55 -> E = 88
+    assert loop._schedule_fit(cfg, 200, 0, 0.0, cost, 5.0) == 88
+    assert loop._schedule_fit(cfg, 50, 0, 0.0, cost, 5.0) == 50
 
 
 def test_cli_rejects_unknown_key(capsys):

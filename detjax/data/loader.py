@@ -51,6 +51,9 @@ class LoaderConfig:
       batch_size: images per batch.
       image_size: square batch image side (multiple of 32).
       multi_scale: sizes (multiples of 32) to draw one per batch; empty = image_size.
+      multi_scale_mode: "random" draws each batch's size from ``multi_scale``; "progressive"
+        trains the sizes in ascending order, each for an equal share of ``epochs``
+        (progressive resizing: small, fast images first; list a size twice for a longer share).
       max_boxes: boxes per image after padding; extra boxes (smallest first) are dropped
         and reported with the file name.
       augment: training augmentation (``aug``) or plain letterbox (eval).
@@ -75,6 +78,7 @@ class LoaderConfig:
     batch_size: int = 16
     image_size: int = 256
     multi_scale: tuple[int, ...] = ()
+    multi_scale_mode: Literal["random", "progressive"] = "random"
     max_boxes: int = 100
     augment: bool = True
     aug: AugmentConfig = AugmentConfig()
@@ -97,6 +101,16 @@ class LoaderConfig:
         return self.augment and (self.pipeline is not None or a.degrees > 0 or a.shear > 0
                                  or a.copy_paste > 0 or a.cutout > 0 or a.albu_geometric > 0)
 
+    def epoch_sizes(self, epoch: int) -> tuple[int, ...]:
+        """The image sizes the batches of ``epoch`` are drawn from (one when fixed)."""
+        if not self.multi_scale:
+            return (int(self.image_size),)
+        if self.multi_scale_mode == "progressive":
+            sizes = sorted(self.multi_scale)
+            share = epoch * len(sizes) // max(self.epochs, 1)
+            return (int(sizes[min(share, len(sizes) - 1)]),)
+        return tuple(int(s) for s in self.multi_scale)
+
     def validate(self) -> None:
         for s in (self.image_size, *self.multi_scale):
             if s <= 0 or s % 32:
@@ -104,6 +118,9 @@ class LoaderConfig:
         if self.batch_size < 1 or self.max_boxes < 1:
             raise ValueError("batch_size and max_boxes must be >= 1, got "
                              f"{self.batch_size} and {self.max_boxes}")
+        if self.multi_scale_mode not in ("random", "progressive"):
+            raise ValueError("multi_scale_mode must be 'random' or 'progressive', got "
+                             f"{self.multi_scale_mode!r}")
         if self.partners not in ("batch", "dataset"):
             raise ValueError(f"partners must be 'batch' or 'dataset', got {self.partners!r}")
         if self.on_error not in ("raise", "skip"):
@@ -225,10 +242,11 @@ class _BatchMaker:
 
     def image_size(self, batch: int) -> int:
         cfg = self.config
-        if not cfg.multi_scale:
-            return cfg.image_size
+        sizes = cfg.epoch_sizes(self.epoch)
+        if len(sizes) == 1:
+            return sizes[0]
         rng = np.random.default_rng([cfg.seed, self.epoch, batch, 0x5CA1E])
-        return int(cfg.multi_scale[int(rng.integers(len(cfg.multi_scale)))])
+        return int(sizes[int(rng.integers(len(sizes)))])
 
     def sample(self, position: int, ctx: _Context):
         cfg = self.config

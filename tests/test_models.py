@@ -343,3 +343,31 @@ def test_input_validation(nano):
         create_model("yolov9", num_classes=3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="head"):
         create_model("yolov8n", num_classes=3, head="detr", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("kernel,stride,pad,groups", [(1, 1, 0, 1), (1, 2, 0, 1), (3, 1, 1, 1),
+                                                     (3, 2, 1, 1), (1, 1, 0, 2)])
+def test_pointwise_as_matmul_equals_lax_convolution(kernel, stride, pad, groups):
+    """1x1 stride-1 convolutions run as a channel matmul; every other case is lax's own.
+    Values and both gradients agree with lax.conv_general_dilated."""
+    from jax import lax
+
+    from detjax.models.blocks import pointwise_as_matmul
+
+    rng = np.random.default_rng(kernel * 10 + stride + groups)
+    x = jnp.asarray(rng.normal(size=(2, 9, 7, 4)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 4 // groups, 6)), jnp.float32)
+    kw = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+    padding = ((pad, pad), (pad, pad))
+
+    def loss(f, x, w):
+        y = f(x, w, (stride, stride), padding, **kw)
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, want), gw = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w),
+                                       argnums=(0, 1), has_aux=True)(x, w)
+    (_, got), gg = jax.value_and_grad(lambda x, w: loss(pointwise_as_matmul, x, w),
+                                      argnums=(0, 1), has_aux=True)(x, w)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(gg, gw):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -129,3 +129,27 @@ def test_every_config_one_step_smoke(name):
     assert np.isfinite(float(m["loss"])) and int(state.iteration) == 1
     preds = step_lib.jit_eval_forward(state, batch["images"])
     assert preds.shape[:2] == (2, 4 + 3)
+
+
+def test_predict_batch_postprocess_is_ultralytics_val():
+    """The loop's eval postprocess is non_max_suppression on the EMA forward, multi-label by
+    default (ultralytics DetectionValidator); multi_label=False keeps each anchor's best."""
+    from detjax.nms import non_max_suppression
+
+    state = create_train_state(ToyDetector(3, rngs=nnx.Rngs(0)), loop.step_config(
+        load_config(None, []), 10))
+    images = toy_batch(0, batch=2, size=64)["images"]
+    preds = step_lib.jit_eval_forward(state, images)
+    got = {}
+    for multi in (True, False):
+        det, valid = loop.predict_batch(state, images, np.float32(0.7), conf_thres=0.001,
+                                        max_det=3000, multi_label=multi)
+        want = non_max_suppression(preds, conf_thres=0.001, iou_thres=0.7, max_det=3000,
+                                   multi_label=multi)
+        np.testing.assert_array_equal(valid, want.valid)
+        np.testing.assert_allclose(det, want.detections, rtol=1e-6, atol=1e-6)
+        got[multi] = int(valid.sum())
+    assert got[True] > got[False]
+    default = loop.predict_batch(state, images, np.float32(0.7), conf_thres=0.001, max_det=3000)
+    assert int(default[1].sum()) == got[True]
+    assert load_config(None, []).eval.multi_label is True

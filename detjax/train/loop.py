@@ -167,15 +167,17 @@ class Runner:
 # ----------------------------------------------------------------------------- evaluation
 
 
-@functools.partial(jax.jit, static_argnames=("conf_thres", "max_det", "use_ema"))
+@functools.partial(jax.jit, static_argnames=("conf_thres", "max_det", "use_ema", "multi_label"))
 def predict_batch(state: TrainState, images, iou_thres, *, conf_thres: float, max_det: int,
-                  use_ema: bool = True):
-    """EMA forward + ultralytics postprocess: ``([B, max_det, 6], valid [B, max_det])``."""
+                  use_ema: bool = True, multi_label: bool = True):
+    """EMA forward + ultralytics postprocess: ``([B, max_det, 6], valid [B, max_det])``.
+    ``multi_label`` (one candidate per anchor and class above ``conf_thres``) is what
+    ultralytics' ``DetectionValidator`` uses."""
     from detjax.nms import non_max_suppression
 
     preds = step_lib.eval_forward(state, images, use_ema=use_ema)
     out = non_max_suppression(preds, conf_thres=conf_thres, iou_thres=iou_thres,
-                              max_det=max_det)
+                              max_det=max_det, multi_label=multi_label)
     return out.detections, out.valid
 
 
@@ -192,7 +194,8 @@ def evaluate(state: TrainState, loader, cfg: Config, class_names=None,
     for batch in loader.epoch():
         det, valid = jax.device_get(predict_batch(
             state, batch["images"], np.float32(e.iou_thres), conf_thres=float(e.conf_thres),
-            max_det=int(e.max_det), use_ema=bool(e.use_ema)))
+            max_det=int(e.max_det), use_ema=bool(e.use_ema),
+            multi_label=bool(e.multi_label)))
         ev.update(det, valid, batch["boxes"], batch["labels"], batch["gt_mask"],
                   scale=batch.get("scale"), pad=batch.get("pad"),
                   orig_size=batch.get("orig_size"), image_mask=batch.get("image_mask"))

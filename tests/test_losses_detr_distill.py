@@ -150,7 +150,7 @@ def test_dfl_distillation_masks_background_and_averages_sides():
     fg = rng.uniform(size=(2, 5)) < 0.5
     got = jax.jit(dfl_distillation_loss)(s, t, fg)
     per_side = np.asarray(kd_loss(s, t, temperature=10.0))
-    np.testing.assert_allclose(got, np.where(fg, per_side.mean(-1), 0.0), rtol=1e-5)
+    np.testing.assert_allclose(got, np.where(fg, per_side.mean(-1), 0.0), rtol=5e-5)
     with pytest.raises(ValueError, match="fg_mask"):
         dfl_distillation_loss(s, t, fg[:, :4])
 

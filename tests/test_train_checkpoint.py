@@ -81,7 +81,8 @@ def test_save_killed_half_way_keeps_last_good(tmp_path):
     directory = str(tmp_path / "ck")
     script = KILLED_SAVE.format(tests=str(Path(__file__).parent), directory=directory)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                          timeout=600,
+                          env=dict(os.environ, JAX_PLATFORMS=jax.default_backend()))
     assert proc.returncode == 9, proc.stderr[-2000:]
     assert "not reached" not in proc.stdout
     leftovers = [p.name for p in Path(directory).iterdir()]

@@ -1,11 +1,16 @@
-"""Shared test settings: hypothesis profiles sized for a 2-core CPU; full float32 matmul and
-convolution precision on accelerators (XLA's GPU/TPU default rounds their inputs to TF32 /
-bfloat16, which the 1e-5 parity tests against NumPy and torch are not meant to measure)."""
+"""Shared test settings: hypothesis profiles sized for a 2-core CPU. On accelerators: full
+float32 matmul and convolution precision (XLA's GPU/TPU default rounds their inputs to TF32 /
+bfloat16, which the 1e-5 parity tests against NumPy and torch are not meant to measure) and
+deterministic GPU reductions (the resume tests compare loss trajectories bit for bit)."""
 
 import os
 
-import jax
-from hypothesis import HealthCheck, settings
+# must precede the first use of a backend; the flag is ignored off GPU
+os.environ["XLA_FLAGS"] = " ".join(
+    f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true") if f)
+
+import jax  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 if jax.default_backend() != "cpu":
     jax.config.update("jax_default_matmul_precision", "highest")

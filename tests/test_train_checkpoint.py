@@ -18,8 +18,11 @@ from detjax.train.state import StepConfig, create_train_state
 
 
 def _state(seed=0, nbs=16):
+    """A fresh toy state, built on the CPU so that it is bit-identical to the one the
+    killed-save subprocess (JAX_PLATFORMS=cpu) writes, whatever the default backend is."""
     oc = optim.OptimConfig(iters_per_epoch=5, epochs=2, batch=4, nbs=nbs)
-    return create_train_state(ToyDetector(rngs=nnx.Rngs(seed)), StepConfig(optim=oc))
+    with jax.default_device(jax.devices("cpu")[0]):
+        return create_train_state(ToyDetector(rngs=nnx.Rngs(seed)), StepConfig(optim=oc))
 
 
 def _assert_same(a, b):
@@ -81,8 +84,7 @@ def test_save_killed_half_way_keeps_last_good(tmp_path):
     directory = str(tmp_path / "ck")
     script = KILLED_SAVE.format(tests=str(Path(__file__).parent), directory=directory)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=600,
-                          env=dict(os.environ, JAX_PLATFORMS=jax.default_backend()))
+                          timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 9, proc.stderr[-2000:]
     assert "not reached" not in proc.stdout
     leftovers = [p.name for p in Path(directory).iterdir()]

@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
+rm -rf /tmp/site  # a warm machine keeps the last call's packages
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site || exit 1
+# .whl/ holds what the image lacks (albumentations 2.0.8 + albucore, simsimd, stringzilla,
+# pydantic + core, grain + array-record, portpicker, tensorboardX, pycocotools, ultralytics +
+# thop + platform, optax, orbax-checkpoint). Not flax: the image's flax matches its jax; flax
+# 0.12.8 from PyPI failed to import against the image's jax 0.11.2 (seen on an H100).
 # One-shot check on a lent GPU machine (one H100): environment, the fast test suite with JAX on
 # the GPU, then every benchmark with detjax on the GPU and its torch peer on the same card
 # (--torch-device cuda). Run from the repo root, with the missing wheels in .whl/:

@@ -264,17 +264,13 @@ def _schedule_fit(cfg: Config, epochs: int, done: int, elapsed: float, epoch_tim
     in a schedule of ``total`` epochs (with progressive resizing the split point, and so the
     cost of an epoch, depends on the schedule length)."""
     limit = float(cfg.train.time_limit) * 60.0
-    if limit <= 0:
+    if limit <= 0 or (not callable(epoch_time) and epoch_time <= 0):
         return epochs
     left = limit - elapsed - eval_time
-    if not callable(epoch_time):
-        if epoch_time <= 0:
-            return epochs
-        fit = done + int(left // epoch_time)
-        return int(min(epochs, max(done, fit, 1)))
+    cost = epoch_time if callable(epoch_time) else (lambda e, total: epoch_time)
     fit = done
     for total in range(done + 1, epochs + 1):
-        if sum(epoch_time(e, total) for e in range(done, total)) <= left:
+        if sum(cost(e, total) for e in range(done, total)) <= left:
             fit = total
     return int(max(fit, 1))
 

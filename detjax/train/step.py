@@ -153,9 +153,27 @@ def eval_forward(state: TrainState, images: jax.Array, *, use_ema: bool = True) 
 # ----------------------------------------------------------------------------- jit wrappers
 
 
+def _compile(step_fn, mode: str, mesh: Mesh | None = None, axis: str = "data"):
+    """``step_fn(state, batch, axis_name=None)`` compiled for one parallel mode, the state
+    (first argument) donated: ``single`` (``jax.jit``), ``pmap`` (over ``AXIS``) or
+    ``sharded`` (``jax.jit`` over ``mesh``: state replicated, batch split along ``axis``)."""
+    if mode == "single":
+        return jax.jit(step_fn, donate_argnums=0)
+    if mode == "pmap":
+        return jax.pmap(functools.partial(step_fn, axis_name=AXIS), axis_name=AXIS,
+                        donate_argnums=0)
+    if mode == "sharded":
+        if mesh is None:
+            raise ValueError("mode='sharded' needs a mesh")
+        replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))
+        return jax.jit(step_fn, in_shardings=(replicated, data),
+                       out_shardings=(replicated, replicated), donate_argnums=0)
+    raise ValueError(f"mode must be single|pmap|sharded, got {mode!r}")
+
+
 @functools.cache
 def _jitted_step():
-    return jax.jit(train_step, donate_argnums=0)
+    return _compile(train_step, "single")
 
 
 def jit_train_step(state: TrainState, batch: dict):
@@ -201,8 +219,7 @@ def prepare_pmap_state(state: TrainState) -> TrainState:
 
 @functools.cache
 def _pmapped_step():
-    return jax.pmap(functools.partial(train_step, axis_name=AXIS), axis_name=AXIS,
-                    donate_argnums=0)
+    return _compile(train_step, "pmap")
 
 
 def pmap_train_step(state: TrainState, batch: dict):
@@ -239,9 +256,7 @@ def global_batch(batch: dict, mesh: Mesh, axis: str = "data") -> dict:
 
 @functools.cache
 def _sharded_step(mesh: Mesh, axis: str):
-    replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))
-    return jax.jit(train_step, in_shardings=(replicated, data),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+    return _compile(train_step, "sharded", mesh, axis)
 
 
 def sharded_train_step(state: TrainState, batch: dict, mesh: Mesh, axis: str = "data"):
@@ -291,15 +306,4 @@ def make_flat_step(treedef, mode: str = "single", mesh: Mesh | None = None,
             raise ValueError("train_step changed the structure of the state")
         return new_leaves, metrics
 
-    if mode == "single":
-        return jax.jit(step, donate_argnums=0)
-    if mode == "pmap":
-        return jax.pmap(functools.partial(step, axis_name=AXIS), axis_name=AXIS,
-                        donate_argnums=0)
-    if mode == "sharded":
-        if mesh is None:
-            raise ValueError("mode='sharded' needs a mesh")
-        replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(axis))
-        return jax.jit(step, in_shardings=(replicated, data),
-                       out_shardings=(replicated, replicated), donate_argnums=0)
-    raise ValueError(f"mode must be single|pmap|sharded, got {mode!r}")
+    return _compile(step, mode, mesh, axis)

@@ -153,3 +153,29 @@ def test_predict_batch_postprocess_is_ultralytics_val():
     default = loop.predict_batch(state, images, np.float32(0.7), conf_thres=0.001, max_det=3000)
     assert int(default[1].sum()) == got[True]
     assert load_config(None, []).eval.multi_label is True
+
+
+def test_evaluate_counts_every_ground_truth_box_beyond_max_boxes(toy_model, monkeypatch):
+    """Validation ground truth comes from the data set, not the batch (capped at max_boxes)."""
+    from detjax.eval import Evaluator
+
+    cfg = load_config(None, [*TINY, "data.max_boxes=2"])
+    train_ds, val_ds = loop.build_datasets(cfg)
+    _, val = loop.build_loaders(cfg, train_ds, val_ds)
+    counts = [len(r.labels) for r in val_ds.records]
+    assert max(counts) > 2  # the cap would drop boxes
+    seen = {}
+    compute = Evaluator.compute
+
+    def spy(self):
+        seen["gt"] = [len(labels) for _, labels, _ in self.ground_truths]
+        seen["boxes"] = [boxes for boxes, _, _ in self.ground_truths]
+        return compute(self)
+
+    monkeypatch.setattr(Evaluator, "compute", spy)
+    model = loop.build_model(cfg, len(val_ds.class_names))
+    state = create_train_state(model, loop.step_config(cfg, 3))
+    loop.evaluate(state, val, cfg, val_ds.class_names)
+    assert seen["gt"] == counts
+    for boxes, rec in zip(seen["boxes"], val_ds.records):
+        np.testing.assert_array_equal(boxes, rec.boxes)  # original pixels, no round trip

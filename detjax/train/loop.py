@@ -190,15 +190,19 @@ def evaluate(state: TrainState, loader, cfg: Config, class_names=None,
     e = cfg.eval
     ev = Evaluator(num_classes=len(class_names) if class_names else None,
                    class_names=class_names)
+    # Ground truth from the data set itself (every box, in original pixels) when the loader
+    # letterboxes without augmenting; the batch's copy is capped at data.max_boxes.
+    records = getattr(getattr(loader, "dataset", None), "records", None)
+    if getattr(getattr(loader, "config", None), "augment", True):
+        records = None
     samples: list = []
     for batch in loader.epoch():
         det, valid = jax.device_get(predict_batch(
             state, batch["images"], np.float32(e.iou_thres), conf_thres=float(e.conf_thres),
             max_det=int(e.max_det), use_ema=bool(e.use_ema),
             multi_label=bool(e.multi_label)))
-        ev.update(det, valid, batch["boxes"], batch["labels"], batch["gt_mask"],
-                  scale=batch.get("scale"), pad=batch.get("pad"),
-                  orig_size=batch.get("orig_size"), image_mask=batch.get("image_mask"))
+        ev.update_batch(det, valid, batch,
+                        records=records if records is not None and "index" in batch else None)
         for i in range(len(det)):
             if len(samples) >= keep_images or not batch["image_mask"][i]:
                 break

@@ -28,7 +28,10 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# A wheel ships configs/ as the package detjax.configs; a source checkout has it at the top.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = (_PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir()
+              else Path(__file__).resolve().parent.parent / "configs")
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
 

@@ -11,6 +11,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 #
 #     OUT=/some/dir bash benchmarks/gpu_check.sh
 #
+# GPU_CHECK_TESTS_CAP (default 240 s), GPU_CHECK_BENCH_RESERVE (180 s) and GPU_CHECK_BENCH
+# (all | short | none) trade test time against benchmarks.
 # Writes env.log, tests.log, bench.log (all benchmarks) and steps.log (each step's exit status
 # and seconds) under $OUT. Every step runs under `timeout` (SIGINT first, so pytest prints its
 # summary and a hung Python shows its traceback; SIGKILL 15 s later), capped further so that the
@@ -23,7 +25,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false MPLBACKEND=Agg
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false YOLO_CONFIG_DIR=/tmp/ultralytics_config
 DEADLINE=${GPU_CHECK_DEADLINE:-420}
-BENCH_RESERVE=180  # seconds kept for the benchmarks whatever the tests take
+BENCH_RESERVE=${GPU_CHECK_BENCH_RESERVE:-180}  # seconds kept for the benchmarks
+TESTS_CAP=${GPU_CHECK_TESTS_CAP:-240}
+BENCH=${GPU_CHECK_BENCH:-all}  # all | short (bench_conv + the 320 px train step) | none
 
 stamp() { echo "== $(date -u '+%F %T') UTC, +${SECONDS}s: $*"; }
 
@@ -70,15 +74,18 @@ step env.log 60 bash -c 'python3 -m pip list 2>/dev/null | grep -iE "jax|flax|op
 
 # 2. tests (JAX on the GPU by default), at most 240 s and never eating the benchmarks' reserve
 tests_cap=$((DEADLINE - BENCH_RESERVE - SECONDS))
-((tests_cap > 240)) && tests_cap=240
+((tests_cap > TESTS_CAP)) && tests_cap=$TESTS_CAP
 per_test=(--timeout 120)  # pytest-timeout is in the image; without it, run without the cap
 python3 -c "import pytest_timeout" 2>/dev/null || per_test=()
 step tests.log "$tests_cap" python3 -m pytest -m "not slow" -n 8 -q -p no:cacheprovider \
     "${per_test[@]}" -rfEs --durations 10
 
 # 3. benchmarks: detjax on the GPU, torch peers on the same GPU; all into bench.log
+[[ $BENCH == none ]] && { stamp "gpu_check done (no benchmarks)" | tee -a "$OUT/steps.log"; exit 0; }
+step bench.log 90 python3 benchmarks/bench_conv.py --repeats 20 --torch-device cuda
 step bench.log 120 python3 benchmarks/bench_train.py --size 320 --batch 16 --steps 8 \
     --torch-device cuda
+[[ $BENCH == short ]] && { stamp "gpu_check done (short benchmarks)" | tee -a "$OUT/steps.log"; exit 0; }
 step bench.log 120 python3 benchmarks/bench_train.py --size 640 --batch 32 --steps 8 \
     --torch-device cuda
 step bench.log 90 python3 benchmarks/bench_infer.py --sizes 320 640 --batch 32 --repeats 20 \

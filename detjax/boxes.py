@@ -42,8 +42,10 @@ def _check_format(fmt: str, name: str) -> None:
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    """num / den where den > 0, else 0; gradients stay finite on both branches."""
-    ok = den > 0
+    """num / den where den is a positive normal number, else 0; gradients stay finite on both
+    branches. A subnormal den counts as 0: GPUs flush it to zero in the division but not in
+    a comparison, which gave -inf there (seen on an H100) where the CPU gave 0."""
+    ok = den >= jnp.finfo(den.dtype).tiny
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 

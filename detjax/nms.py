@@ -180,8 +180,13 @@ def _round(suppress: SuppressFn, tile: int, max_output: int, data, scores, orig,
     kept = _resolve_tile(suppress(cand, cand) & upper, cand_alive)  # [T]
     killed = jnp.any(suppress(cand, data) & kept[:, None], axis=0)  # [M]
     alive = (alive & ~killed).at[idx].set(False)
-    slot = jnp.where(kept, count + jnp.cumsum(kept) - 1, max_output)  # out-of-range = drop
-    out = out.at[slot].set(orig[idx], mode="drop")
+    # Every index in range and distinct: a kept box goes to its output slot, everything else
+    # to its own spare slot past max_output (``out`` has ``tile`` of them, cut off at the
+    # end). On an H100 with --xla_gpu_deterministic_ops, a vmapped scatter that drops
+    # out-of-range indices wrote wrong rows (jax 0.11.2).
+    pos = count + jnp.cumsum(kept) - 1
+    slot = jnp.where(kept & (pos < max_output), pos, max_output + jnp.arange(tile))
+    out = out.at[slot].set(orig[idx], unique_indices=True)
     return alive, out, count + jnp.sum(kept, dtype=jnp.int32)
 
 
@@ -217,7 +222,7 @@ def _greedy_nms(data: tuple[jax.Array, ...], scores: jax.Array, ok: jax.Array,
                 suppress: SuppressFn, max_output: int, tile: int = _TILE) -> NMSResult:
     """Exact greedy NMS over boxes described by ``data`` (arrays with leading dim N)."""
     n = scores.shape[0]
-    out = jnp.full((max_output,), -1, jnp.int32)
+    out = jnp.full((max_output + tile,), -1, jnp.int32)  # + spare slots, see _round
     count = jnp.int32(0)
     if n > 0 and max_output > 0:
         sizes = _level_sizes(n, tile)
@@ -230,6 +235,7 @@ def _greedy_nms(data: tuple[jax.Array, ...], scores: jax.Array, ok: jax.Array,
             next_size = sizes[level + 1] if level + 1 < len(sizes) else -1
             alive, out, count = _run_level(suppress, max_output, min(tile, size), next_size,
                                            level_data, level_scores, orig, (alive, out, count))
+    out = out[:max_output]
     count = jnp.minimum(count, max_output)
     valid = jnp.arange(max_output) < count
     kept_scores = scores[jnp.maximum(out, 0)] if n > 0 else jnp.zeros(max_output)

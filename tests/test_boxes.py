@@ -325,3 +325,14 @@ def test_parity_torchvision_grad_ciou_loss():
     ops.complete_box_iou_loss(ta, torch.from_numpy(b), reduction="sum").backward()
     got = jax.grad(lambda x: jnp.sum(1 - B.aligned_complete_box_iou(x, b)))(jnp.asarray(a))
     np.testing.assert_allclose(got, ta.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_subnormal_denominator_counts_as_zero():
+    """A GPU flushes a subnormal to zero in the division but not in the comparison; both
+    backends must agree, so the zero branch takes every subnormal denominator."""
+    tiny = np.float32(1e-45)
+    assert float(jax.jit(B._safe_div)(jnp.float32(1.0), tiny)) == 0.0
+    a = np.full((1, 4), -tiny, np.float32)  # area ~1e-90: subnormal enclosing area below
+    b = np.array([[1.0, 0.0, 0.0, 1.0]], np.float32)
+    for kind, fn in PAIRWISE.items():
+        assert np.isfinite(np.asarray(jax.jit(fn)(a, b))).all(), kind

@@ -77,9 +77,14 @@ def detr_set_loss(
     # Class target of every query: its matched label, else "no object".
     b, q = logits.shape[:2]
     rows = jnp.broadcast_to(jnp.arange(b)[:, None], query_index.shape)
-    target = jnp.full((b, q), no_object, jnp.int32)
-    target = target.at[rows, jnp.where(matched, safe_q, q)].set(
-        gt_labels.astype(jnp.int32), mode="drop")  # unmatched slots index q: dropped
+    # Unmatched target slot m writes to its own spare column q + m (cut off below): every
+    # index in range and distinct. Scatters that drop out-of-range indices wrote wrong rows
+    # under vmap on an H100 with --xla_gpu_deterministic_ops (jax 0.11.2).
+    m = query_index.shape[1]
+    spare = q + jnp.broadcast_to(jnp.arange(m), query_index.shape)
+    target = jnp.full((b, q + m), no_object, jnp.int32)
+    target = target.at[rows, jnp.where(matched, safe_q, spare)].set(
+        gt_labels.astype(jnp.int32))[:, :q]
     class_weight = jnp.where(target == no_object, eos_coef, 1.0)
     ce = (softmax_cross_entropy(logits, target) * class_weight).sum() / class_weight.sum()
 

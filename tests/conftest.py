@@ -9,7 +9,11 @@ import os
 os.environ["XLA_FLAGS"] = " ".join(
     f for f in (os.environ.get("XLA_FLAGS", ""), "--xla_gpu_deterministic_ops=true") if f)
 
+import zlib  # noqa: E402
+
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 if jax.default_backend() != "cpu":
@@ -17,6 +21,19 @@ if jax.default_backend() != "cpu":
 
 settings.register_profile(
     "default", max_examples=25, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("thorough", max_examples=300, deadline=None)
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                           HealthCheck.function_scoped_fixture])  # _per_test_rng: once a test
+settings.register_profile("thorough", max_examples=300, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _per_test_rng(request, monkeypatch):
+    """A module's ``RNG`` (a numpy Generator that tests draw from) is reseeded for each test
+    from the test's id, so a test's inputs do not depend on which tests the same xdist worker
+    ran before it."""
+    module = request.module
+    if isinstance(getattr(module, "RNG", None), np.random.Generator):
+        seed = zlib.crc32(request.node.nodeid.encode())
+        monkeypatch.setattr(module, "RNG", np.random.default_rng(seed))

@@ -24,7 +24,7 @@ SHAPES = [(16, 320, 3, 16, 2), (16, 160, 16, 32, 2), (16, 80, 16, 16, 1), (16, 8
 PASSES = ("forward", "input grad", "weight grad")
 
 
-def jax_passes(x, w, g, stride: int) -> list[float]:
+def jax_passes(x, w, g, stride: int, repeats: int) -> list[float]:
     import jax
     from jax import lax
 
@@ -40,11 +40,11 @@ def jax_passes(x, w, g, stride: int) -> list[float]:
     for fn, a in zip(fns, args):
         a = jax.device_put(a)
         jax.block_until_ready(fn(*a))
-        out.append(median_seconds(lambda fn=fn, a=a: jax.block_until_ready(fn(*a)), REPEATS))
+        out.append(median_seconds(lambda fn=fn, a=a: jax.block_until_ready(fn(*a)), repeats))
     return out
 
 
-def torch_passes(x, w, g, stride: int, device: str) -> list[float] | None:
+def torch_passes(x, w, g, stride: int, device: str, repeats: int) -> list[float] | None:
     try:
         import torch
     except ImportError:
@@ -64,34 +64,29 @@ def torch_passes(x, w, g, stride: int, device: str) -> list[float] | None:
         for fn in fns:
             fn = torch_blocking(fn, device)
             fn()
-            out.append(median_seconds(fn, REPEATS))
+            out.append(median_seconds(fn, repeats))
     return out
 
 
-REPEATS = 10
-
-
 def main() -> None:
-    global REPEATS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--torch-device", default="cpu")
     args = ap.parse_args()
-    REPEATS = args.repeats
     rng = np.random.default_rng(0)
     rows, totals = [], np.zeros((2, 3))
     for b, h, c, o, s in SHAPES:
         x = rng.standard_normal((b, h, h, c), np.float32)
         w = (rng.standard_normal((3, 3, c, o)) * 0.1).astype(np.float32)
         g = rng.standard_normal((b, h // s, h // s, o), np.float32)
-        tj = jax_passes(x, w, g, s)
-        tt = torch_passes(x, w, g, s, args.torch_device)
+        tj = jax_passes(x, w, g, s, args.repeats)
+        tt = torch_passes(x, w, g, s, args.torch_device, args.repeats)
         rows.append(((b, h, c, o, s), tj, tt))
         totals[0] += tj
         if tt is not None:
             totals[1] += tt
     peer = torch_device_info(args.torch_device) if rows[0][2] is not None else "(not installed)"
-    print(f"3x3 convolution passes, median of {REPEATS}; JAX on {jax_device_info()}, "
+    print(f"3x3 convolution passes, median of {args.repeats}; JAX on {jax_device_info()}, "
           f"torch on {peer}")
     print(f"{'B x H x W, in->out, stride':<30}" + "".join(
         f"{p + ' ms jax/torch':>26}" for p in PASSES))

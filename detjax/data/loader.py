@@ -101,13 +101,15 @@ class LoaderConfig:
         return self.augment and (self.pipeline is not None or a.degrees > 0 or a.shear > 0
                                  or a.copy_paste > 0 or a.cutout > 0 or a.albu_geometric > 0)
 
-    def epoch_sizes(self, epoch: int) -> tuple[int, ...]:
-        """The image sizes the batches of ``epoch`` are drawn from (one when fixed)."""
+    def epoch_sizes(self, epoch: int, epochs: int | None = None) -> tuple[int, ...]:
+        """The image sizes the batches of ``epoch`` are drawn from (one when fixed), in a
+        schedule of ``epochs`` epochs (default: ``self.epochs``)."""
         if not self.multi_scale:
             return (int(self.image_size),)
         if self.multi_scale_mode == "progressive":
             sizes = sorted(self.multi_scale)
-            share = epoch * len(sizes) // max(self.epochs, 1)
+            total = self.epochs if epochs is None else epochs
+            share = epoch * len(sizes) // max(total, 1)
             return (int(sizes[min(share, len(sizes) - 1)]),)
         return tuple(int(s) for s in self.multi_scale)
 

@@ -449,14 +449,15 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     return final
 
 
-def _pixels(loader_config, epoch: int) -> float:
-    """Mean pixels per image of ``epoch``'s batches (the unit of the epoch-time estimate)."""
-    return float(np.mean([s * s for s in loader_config.epoch_sizes(epoch)]))
+def _pixels(loader_config, epoch: int, epochs: int | None = None) -> float:
+    """Mean pixels per image of ``epoch``'s batches in a schedule of ``epochs`` (default: the
+    loader's) epochs; the unit of the epoch-time estimate."""
+    return float(np.mean([s * s for s in loader_config.epoch_sizes(epoch, epochs)]))
 
 
 def _epoch_cost(per_pixel: float, loader_config, epoch: int, total: int) -> float:
     """Estimated seconds of ``epoch`` in a schedule of ``total`` epochs."""
-    return per_pixel * _pixels(dataclasses.replace(loader_config, epochs=total), epoch)
+    return per_pixel * _pixels(loader_config, epoch, total)
 
 
 def _flush(pending, sums, count, steps_csv, writer, epoch, bar, images, since) -> int:

@@ -71,8 +71,7 @@ def _torch_model(cfg: str):
 @pytest.mark.peers
 @pytest.mark.parametrize("cfg,p2", [("yolov8n.yaml", False), ("yolov8n-p2.yaml", True)])
 def test_conv_shapes_and_counts_match_ultralytics(cfg, p2):
-    import torch
-
+    torch = pytest.importorskip("torch")
     tmodel = _torch_model(cfg)
     ours = _abstract("yolov8n", p2=p2)
     trainable = sum(p.numel() for p in tmodel.parameters() if p.requires_grad)

@@ -8,7 +8,7 @@ otherwise. Pairwise functions (``box_iou`` and friends) map ``[..., N, 4] x
 All IoU arithmetic runs in float32 (or float64 when x64 is enabled), whatever the
 input dtype, and degenerate boxes (zero or negative size, identical boxes,
 all-zero padding) give finite values and finite gradients: every division goes
-through ``_safe_div``, which yields 0 where torchvision would yield NaN.
+through ``_safe_div``, which yields 0 where torchvision would yield NaN or inf.
 """
 
 from __future__ import annotations
@@ -42,10 +42,18 @@ def _check_format(fmt: str, name: str) -> None:
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
-    """num / den where den is a positive normal number, else 0; gradients stay finite on both
-    branches. A subnormal den counts as 0: GPUs flush it to zero in the division but not in
-    a comparison, which gave -inf there (seen on an H100) where the CPU gave 0."""
-    ok = den >= jnp.finfo(den.dtype).tiny
+    """num / den where den is a positive normal number and both the quotient and its
+    derivative in den (-num / den**2) are finite, else 0; gradients stay finite on both
+    branches.
+
+    A subnormal den counts as 0: GPUs flush it to zero in the division but not in a
+    comparison, which gave -inf there (seen on an H100) where the CPU gave 0. The overflow
+    guard, |num| <= den**2 * max, never bites on valid boxes (there |num| <= den, so it holds
+    whenever den >= tiny); it catches inverted boxes whose enclosing area is tiny but normal,
+    where GIoU's (c_area - union) / c_area overflowed to inf.
+    """
+    fi = jnp.finfo(den.dtype)
+    ok = (den >= fi.tiny) & (jnp.abs(num) <= den * fi.max * den)  # den*max first: no underflow
     return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
@@ -153,7 +161,7 @@ def _iou_core(b1: jax.Array, b2: jax.Array, kind: str, eps: float, union_eps: fl
     # CIoU aspect-ratio term; alpha is a constant for the gradient (both references).
     v = (4 / math.pi**2) * (jnp.arctan(_safe_div(w2, h2)) - jnp.arctan(_safe_div(w1, h1))) ** 2
     if convention == "ultralytics":
-        alpha = v / (v - iou + (1 + eps))
+        alpha = _safe_div(v, v - iou + (1 + eps))  # = ultralytics' quotient on valid boxes
     else:
         alpha = _safe_div(v, 1 - iou + v + eps)
     return diou - jax.lax.stop_gradient(alpha) * v

@@ -167,7 +167,8 @@ DEGENERATE = np.array([
     [3, 3, 1, 1],        # negative size
     [0, 0, 10, 10],      # normal
     [0, 0, 10, 10],      # identical to the previous
-], np.float32)
+    [28, 28, 1, 2.1e-36],  # inverted, with a tiny enclosing height beside the padding row:
+], np.float32)             # (c_area - union) / c_area overflowed to inf (found by hypothesis)
 
 
 @pytest.mark.parametrize("kind", ALIGNED)

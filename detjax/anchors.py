@@ -393,20 +393,20 @@ def load_box_sizes(source: str, *, format: str | None = None, split: str = "trai
 
 
 def plot_anchors(wh: np.ndarray, anchors: np.ndarray, path: str) -> None:
-    """Scatter of box sizes (log axes) with the anchors marked, saved as PNG (Agg)."""
-    import matplotlib
+    """Scatter of box sizes (log axes) with the anchors marked, saved as PNG (Agg canvas;
+    matplotlib is imported here only, and pyplot not at all)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 6), tight_layout=True)
+    fig = Figure(figsize=(6, 6), tight_layout=True)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.scatter(wh[:, 0], wh[:, 1], s=2, alpha=0.3, label=f"boxes ({len(wh)})")
     ax.scatter(anchors[:, 0], anchors[:, 1], s=80, c="red", marker="x",
                label=f"anchors ({len(anchors)})")
     ax.set(xscale="log", yscale="log", xlabel="width (px)", ylabel="height (px)")
     ax.legend()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "anchors": ("detjax.anchors:main", "fit anchors to box sizes: detjax anchors BOXES.npy|DATA"),
     "val": ("detjax.eval.cli:val_main", "COCO mAP of a trained run: detjax val RUN_DIR"),
     "predict": ("detjax.infer.cli:predict_main", "draw boxes: detjax predict RUN_DIR SOURCE"),
-    "train": ("detjax.train.loop:main",
+    "train": ("detjax.train.cli:main",
               "train a detector: detjax train [config.yaml] key=value ..."),
     "data": ("detjax.data.cli:main", "check a data set or export the synthetic one: detjax data"),
 }

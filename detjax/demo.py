@@ -1,6 +1,6 @@
 """``detjax demo``: IoU + NMS + batched NMS + YOLO postprocess on generated detections.
 
-The placeholder main job until training exists. It also provides the two seeded
+A quick look at the box ops without a trained model. It also provides the two seeded
 generators the NMS benchmark uses: :func:`clustered_candidates` (what a detector emits
 before NMS: many jittered boxes around a few dozen objects, plus some background) and
 :func:`yolo_head_output` (a ``[B, 4 + C, A]`` YOLO head output with realistic score

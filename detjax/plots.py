@@ -40,7 +40,8 @@ def draw_boxes(image: Any, boxes: Any, labels: Any, scores: Any | None = None, *
                width: int = 2):
     """Draws ``xyxy`` ``boxes [n, 4]`` with ``labels [n]`` (and ``scores [n]``) on ``image``
     (uint8 ``[H, W, 3]`` or float in 0..1). Returns a new ``PIL.Image``; one colour per class
-    unless ``color`` is given."""
+    unless ``color`` is given. Inverted (``x2 < x1`` or ``y2 < y1``) and non-finite boxes
+    enclose nothing and are skipped."""
     from PIL import Image, ImageDraw
 
     pil = Image.fromarray(_as_uint8_image(image))
@@ -51,6 +52,8 @@ def draw_boxes(image: Any, boxes: Any, labels: Any, scores: Any | None = None, *
         raise ValueError(f"labels [{len(lab)}] must match boxes [{len(b)}, 4]")
     sc = None if scores is None else np.asarray(scores, np.float64).reshape(-1)
     for i, (box, k) in enumerate(zip(b, lab)):
+        if not (np.all(np.isfinite(box)) and box[2] >= box[0] and box[3] >= box[1]):
+            continue
         c = color or class_color(k)
         draw.rectangle([float(v) for v in box], outline=c, width=width)
         text = class_names[k] if class_names is not None and 0 <= k < len(class_names) else str(k)

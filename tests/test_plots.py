@@ -17,6 +17,8 @@ def test_draw_boxes_paints_outline_in_class_colour():
     assert tuple(out[40, 10]) == colour and tuple(out[40, 50]) == colour  # left/right edges
     assert tuple(out[40, 30]) == (0, 0, 0)  # the inside stays untouched
     assert (img == 0).all()  # input not modified
+    skipped = np.asarray(plots.draw_boxes(img, [[50, 20, 10, 55], [np.nan, 0, 5, 5]], [2, 2]))
+    np.testing.assert_array_equal(skipped, img)  # inverted / non-finite boxes are not drawn
     float_img = np.asarray(plots.draw_boxes(np.ones((8, 8, 3), np.float32), np.zeros((0, 4)),
                                             []))
     assert float_img.dtype == np.uint8 and (float_img == 255).all()

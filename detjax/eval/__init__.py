@@ -1,4 +1,5 @@
-"""Evaluation: COCO mAP identical to pycocotools, PR curves, batch evaluator.
+"""Evaluation: COCO mAP identical to pycocotools, PR curves, batch evaluator, and the
+validation of a detector over a loader (``evaluate``) that training and ``detjax val`` share.
 
 Names resolve lazily so ``import detjax.eval`` does no work.
 """
@@ -12,6 +13,10 @@ _LAZY = {
     "evaluate_coco_json": "detjax.eval.coco",
     "coco_json_to_inputs": "detjax.eval.coco",
     "Evaluator": "detjax.eval.evaluator",
+    "evaluate": "detjax.eval.validation",
+    "predict_batch": "detjax.eval.validation",
+    "eval_settings": "detjax.eval.validation",
+    "inference_fn": "detjax.eval.validation",
     "scale_boxes": "detjax.eval.evaluator",
     "pr_curve": "detjax.eval.pr",
     "PRCurve": "detjax.eval.pr",

@@ -1,11 +1,10 @@
 """``detjax val``: COCO metrics of a trained run on its validation split (EMA weights, jitted
 postprocess, pycocotools-equal mAP), with the PR curve and a grid of validation images.
 
-Checkpoints come from the TRAIN helper's ``detjax.train.checkpoint``: the documented entry
-point ``restore_for_inference(path, overrides) -> (model, state, config)`` restores a run
-folder (preferring ``best/``), a checkpoint folder or one numbered save; the evaluation loop is
-``detjax.train.loop.evaluate`` (EMA weights, jitted ``non_max_suppression``, this package's
-:class:`~detjax.eval.Evaluator`).
+The run is restored with :func:`detjax.run.restore_run` (run folder, its ``best`` /
+``checkpoints`` folder or one numbered save; ``best`` first); only the validation split is
+loaded (:func:`detjax.run.build_datasets` with ``splits=('val',)``), and evaluated with
+:func:`detjax.eval.evaluate`.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -27,27 +26,6 @@ data.val_split=test. Results go to RUN_DIR/val (metrics.json, PR_curve.png, val_
 Examples:
   detjax val runs/train
   detjax val runs/train/best eval.iou_thres=0.6 --out runs/val_iou06"""
-
-
-class LoadedRun(NamedTuple):
-    """A restored run: ``state`` (TrainState), ``config``, ``run_dir``, ``class_names``
-    (``None`` until a data set is built) and the checkpoint folder it came from."""
-
-    state: Any
-    config: Any
-    run_dir: Path
-    class_names: list[str] | None
-    checkpoint_dir: Path
-
-
-def load_run(path: str | Path, overrides: list[str] | None = None) -> LoadedRun:
-    """Restores the EMA-carrying ``TrainState`` and config of a run for inference through
-    ``detjax.train.checkpoint.restore_for_inference`` (run folder, its ``best`` /
-    ``checkpoints`` folder, or one numbered save)."""
-    from detjax.train.checkpoint import find_run_dir, restore_for_inference
-
-    _, state, cfg = restore_for_inference(str(path), list(overrides or []))
-    return LoadedRun(state, cfg, find_run_dir(path), None, Path(path).absolute())
 
 
 def format_metrics(result: dict[str, Any]) -> str:
@@ -96,19 +74,16 @@ def val_main(argv: list[str]) -> int:
     if args.help or not args.path:
         print(USAGE)
         return 0 if args.help else 2
+    from detjax.run import restore_run
+
     try:
-        run = load_run(args.path, overrides)
+        run = restore_run(args.path, overrides)
+        result, samples, n = _validate(run, keep_images=0 if args.no_plots else 16)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"detjax val: {e}", file=sys.stderr)
         return 2
-    from detjax.train.loop import build_datasets, build_loaders, evaluate
-
-    train_ds, val_ds = build_datasets(run.config)
-    names = run.class_names or list(val_ds.class_names)
-    _, val_loader = build_loaders(run.config, train_ds, val_ds)
-    result, samples = evaluate(run.state, val_loader, run.config, names,
-                               keep_images=0 if args.no_plots else 16)
-    print(f"{len(val_ds)} images, checkpoint {run.checkpoint_dir}")
+    names = run.class_names
+    print(f"{n} images, checkpoint {run.checkpoint_dir}")
     print(format_metrics(result))
     out = Path(args.out) if args.out else run.run_dir / "val"
     out.mkdir(parents=True, exist_ok=True)
@@ -123,3 +98,19 @@ def val_main(argv: list[str]) -> int:
                                 class_names=names)
     print(f"results saved to {out}")
     return 0 if np.isfinite(result["map"]) else 1
+
+
+def _validate(run, keep_images: int) -> tuple[dict[str, Any], list, int]:
+    """``(metrics, samples, images)`` of a restored run on its validation split only."""
+    from detjax.eval.validation import eval_settings, evaluate
+    from detjax.run import build_datasets, build_loaders
+
+    val_ds = build_datasets(run.config, splits=("val",)).val
+    if len(val_ds.class_names) != len(run.class_names):
+        raise ValueError(f"the validation split has {len(val_ds.class_names)} classes "
+                         f"{list(val_ds.class_names)}, the run was trained on "
+                         f"{len(run.class_names)} {run.class_names}")
+    val_loader = build_loaders(run.config, val_ds=val_ds).val
+    result, samples = evaluate(run.model, val_loader, class_names=run.class_names,
+                               keep_images=keep_images, **eval_settings(run.config))
+    return result, samples, len(val_ds)

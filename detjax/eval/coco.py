@@ -9,7 +9,7 @@ followed by ``evaluate(); accumulate(); summarize()`` within 1e-4 (in practice b
 ground truth, crowd regions matched any number of times), same area ranges, ``maxDets``
 truncation, 101-point interpolated precision and ``-1`` for classes without ground truth.
 
-Contract (shared with the MODELS and TRAIN helpers)::
+Interface::
 
     coco_evaluate(detections, ground_truths, *, class_names=None, num_classes=None,
                   iou_thresholds=0.50:0.05:0.95) -> dict

@@ -8,7 +8,7 @@ Both are mapped back to each original image with :func:`scale_boxes` (undo lette
 the letterbox parameters are given, so areas (small/medium/large) and IoUs are measured in
 original pixels, as ultralytics' validator does before it calls pycocotools.
 
-Contract with the TRAIN / data side (``detjax.data.loader`` eval batches): a batch may carry
+Letterbox parameters (``detjax.data.loader`` eval batches): a batch may carry
 the letterbox parameters under ``scale`` ``[B, 2]`` (``sx, sy``: ``box_net = box_orig * s +
 pad``), ``pad`` ``[B, 2]`` (``left, top``), ``orig_size`` ``[B, 2]`` (``h, w``) and
 ``image_mask`` ``[B]`` (false for padding images of a short last batch), matching
@@ -68,8 +68,8 @@ class Evaluator:
     Example::
 
         ev = Evaluator(num_classes=3)
-        for batch in loader:
-            dets, valid = postprocess(eval_forward(state, batch["images"]))
+        for batch in loader.epoch():
+            dets, valid = detjax.eval.predict_batch(model, batch["images"])
             ev.update_batch(dets, valid, batch)
         metrics = ev.compute()   # dict from detjax.eval.coco_evaluate
     """

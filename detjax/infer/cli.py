@@ -1,6 +1,7 @@
 """``detjax predict``: draw a trained run's detections on an image or a folder of images.
 
-The run is restored with :func:`detjax.eval.cli.load_run` (EMA weights); inference is
+The run is restored with :func:`detjax.run.restore_run` (EMA weights, class names and image
+size from the run folder alone; no data set is read); inference is
 :class:`~detjax.infer.predict.Predictor` (letterbox, one jitted forward + NMS), optionally with
 flip/scale TTA (``--tta``) or sliced inference for large images (``--slice``).
 """
@@ -43,14 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _forward(tta: bool):
-    from detjax.train.step import eval_forward
+def _forward(model, tta: bool):
+    """``(forward, variables)`` of a restored model, with flip/scale TTA when ``tta``."""
+    from detjax.eval.validation import inference_fn
 
+    forward, variables = inference_fn(model)
     if not tta:
-        return eval_forward
+        return forward, variables
     from detjax.infer.tta import tta_predict
 
-    return lambda state, images: tta_predict(eval_forward, state, images)
+    return (lambda v, images: tta_predict(forward, v, images)), variables
 
 
 def predict_main(argv: list[str]) -> int:
@@ -63,22 +66,19 @@ def predict_main(argv: list[str]) -> int:
     if args.help or not args.run or not args.source:
         print(USAGE)
         return 0 if args.help else 2
-    from detjax.eval.cli import load_run
     from detjax.infer.predict import Predictor, list_images, predict_source
+    from detjax.run import restore_run
 
     try:
-        run = load_run(args.run)
+        run = restore_run(args.run)
         paths = list_images(args.source)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"detjax predict: {e}", file=sys.stderr)
         return 2
     names = run.class_names
-    if names is None:
-        from detjax.train.loop import build_datasets
-
-        names = list(build_datasets(run.config)[1].class_names)
-    imgsz = args.imgsz or int(run.config.data.imgsz)
-    predictor = Predictor(_forward(args.tta), run.state, imgsz=imgsz, conf_thres=args.conf,
+    imgsz = args.imgsz or run.image_size
+    forward, variables = _forward(run.model, args.tta)
+    predictor = Predictor(forward, variables, imgsz=imgsz, conf_thres=args.conf,
                           iou_thres=args.iou, max_det=args.max_det, batch_size=args.batch)
     out = Path(args.out) if args.out else run.run_dir / "predict"
     if args.slice:

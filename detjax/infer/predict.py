@@ -2,10 +2,10 @@
 original image, drawn and saved.
 
 Boxes returned are ``xyxy`` absolute pixels of each *original* image. The forward function
-follows the MODELS/TRAIN contract: ``forward(variables, images)`` with ``images`` float
-``[B, S, S, 3]`` in 0..1 returns ultralytics-format predictions ``[B, 4 + C, A]`` (``cxcywh``
-pixels + class probabilities), e.g. ``detjax.train.step.eval_forward`` with a ``TrainState``
-as ``variables`` (EMA weights). Postprocess is ``detjax.non_max_suppression`` (fixed-size
+is ``forward(variables, images)``: ``images`` float ``[B, S, S, 3]`` in 0..1 -> ultralytics
+format predictions ``[B, 4 + C, A]`` (``cxcywh`` pixels + class probabilities), e.g.
+``detjax.eval.inference_fn(model)`` of a restored run's EMA model
+(``detjax.run.restore_run``). Postprocess is ``detjax.non_max_suppression`` (fixed-size
 ``[B, max_det, 6]`` + ``valid``). Defaults equal ultralytics ``predict`` (conf 0.25, IoU 0.7,
 max_det 300, one label per box); ``detjax val`` uses the validator's (conf 0.001,
 multi_label). Every call runs at one static shape ``[batch_size, S, S, 3]`` (a short last batch
@@ -81,7 +81,8 @@ class Predictor:
 
     Example::
 
-        predictor = Predictor(eval_forward, state, imgsz=320)
+        forward, variables = detjax.eval.inference_fn(restore_run("runs/train").model)
+        predictor = Predictor(forward, variables, imgsz=320)
         [pred] = predictor([image])          # Prediction(boxes, scores, labels)
     """
 

@@ -4,7 +4,7 @@ Images are float ``[B, H, W, 3]`` (NHWC, 0..1); predictions are ``[B, 4 + C, A]`
 pixels. Reference: ultralytics ``DetectionModel._predict_augment``: scales ``(1, 0.83, 0.67)``
 with flips ``(none, left-right, none)``; each view is resized (bilinear, no antialias,
 ``align_corners=False``) to ``int(h * s) x int(w * s)``, padded right/bottom with 0.447 to a
-multiple of the largest stride, predicted, de-scaled (``xywh / s``) and de-flipped
+multiple of the largest stride, predicted, de-scaled (``cxcywh / s``) and de-flipped
 (``x -> W - x``); the first view drops its last (largest-stride) level and the last view its
 first (smallest-stride) level (``_clip_augmented``); the views are concatenated on the anchor
 axis, ready for ``detjax.non_max_suppression``. Everything is traceable: jit the whole thing.

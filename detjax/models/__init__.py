@@ -1,5 +1,5 @@
 """YOLOv8-style detectors in flax.nnx (NHWC): backbone, PAN neck, DFL / anchor-based / FCOS
-heads. See :mod:`detjax.models.detector` for the contract with training and evaluation."""
+heads. See :mod:`detjax.models.detector` for the interface that training and evaluation use."""
 
 from detjax.models.backbone import Backbone, scale_depth, scale_width
 from detjax.models.blocks import SPPF, Bottleneck, C2f, ConvBNAct, set_bn_axis_name

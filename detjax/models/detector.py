@@ -1,6 +1,6 @@
 """YOLOv8-style detectors in flax.nnx: ``create_model`` and ``Detector``.
 
-Contract (shared with ``detjax.train`` and ``detjax.eval``):
+The interface that ``detjax.train``, ``detjax.eval`` and ``detjax.infer`` use:
 
 - ``create_model(name, *, num_classes, head='dfl', p2=False, rngs) -> Detector`` with
   ``name`` in ``'yolov8n' | 'yolov8s' | 'yolov8m'`` (ultralytics ``yolov8.yaml`` scales
@@ -13,7 +13,7 @@ Contract (shared with ``detjax.train`` and ``detjax.eval``):
 - ``detector.loss(outputs, batch, **hyp) -> (loss, {component: scalar})``; ``batch`` holds
   ``boxes`` ``[B, M, 4]`` xyxy pixels of the input images, ``labels`` ``[B, M]``, ``gt_mask``
   ``[B, M]``. The loss is the scalar to differentiate.
-- ``detector.predict(outputs) -> [B, 4 + C, A]``: ``xywh`` pixels + class probabilities
+- ``detector.predict(outputs) -> [B, 4 + C, A]``: ``cxcywh`` pixels + class probabilities
   (ultralytics inference format) for :func:`detjax.non_max_suppression`.
 - BatchNorm (``nnx.BatchNorm``, eps 1e-3, PyTorch momentum 0.03) uses batch statistics after
   ``detector.train()`` (the default) and running averages after ``detector.eval()``. Split
@@ -57,7 +57,7 @@ _HEAD_CLASSES = {"dfl": DFLHead, "retina": RetinaHead, "atss": ATSSHead, "fcos":
 
 
 class Detector(nnx.Module):
-    """Backbone -> PAN neck -> head. See the module docstring for the contract."""
+    """Backbone -> PAN neck -> head. The module docstring describes the interface."""
 
     def __init__(self, *, depth: float, width: float, max_channels: int, num_classes: int,
                  head: str = "dfl", p2: bool = False, dtype=None,
@@ -88,7 +88,7 @@ class Detector(nnx.Module):
         return self.head(self.neck(self.backbone(images)))
 
     def predict(self, outputs: HeadOutput) -> jax.Array:
-        """``[B, 4 + C, A]``: ``xywh`` pixel boxes and class probabilities."""
+        """``[B, 4 + C, A]``: ``cxcywh`` pixel boxes and class probabilities."""
         return self.head.predict(outputs)
 
     def loss(self, outputs: HeadOutput, batch: dict[str, Any], **hyp: Any

@@ -44,8 +44,8 @@ class HeadOutput:
 def to_inference_format(boxes_xyxy: jax.Array, probs: jax.Array) -> jax.Array:
     """``[B, A, 4]`` xyxy boxes and ``[B, A, C]`` probabilities -> ``[B, 4 + C, A]`` with
     ``cxcywh`` boxes (ultralytics ``Detect`` inference output)."""
-    xywh = box_convert(boxes_xyxy, "xyxy", "cxcywh")
-    return jnp.concatenate([xywh, probs], axis=-1).transpose(0, 2, 1)
+    cxcywh = box_convert(boxes_xyxy, "xyxy", "cxcywh")
+    return jnp.concatenate([cxcywh, probs], axis=-1).transpose(0, 2, 1)
 
 
 def class_prior_bias(num_classes: int, stride: int) -> float:

@@ -1,5 +1,6 @@
 """Training: state, optimiser recipe, EMA, pure train step (single / pmap / sharded), checkpoints
-and the ``train_and_evaluate`` loop behind ``detjax train``.
+and the ``train_and_evaluate`` loop behind ``detjax train`` (logging in ``train.logs``, the
+time budget in ``train.budget``, the command in ``train.cli``).
 
 Names resolve lazily, so ``import detjax.train`` does no work.
 """
@@ -8,7 +9,8 @@ from detjax._lazy import lazy_getattr
 
 _LAZY = {
     "train_and_evaluate": "detjax.train.loop",
-    "evaluate": "detjax.train.loop",
+    "step_config": "detjax.train.loop",
+    "Runner": "detjax.train.runner",
     "TrainState": "detjax.train.state",
     "StepConfig": "detjax.train.state",
     "create_train_state": "detjax.train.state",

@@ -263,3 +263,12 @@ def test_restore_run_reads_the_ema_of_a_real_detector(tmp_path):
         assert len(got) == len(jax.tree.leaves(want)) > 0
         for g, w in zip(got, jax.tree.leaves(want)):
             np.testing.assert_array_equal(g, w)
+    # evaluation jits the restored detector (its graph definition is not hashable)
+    from detjax.eval.validation import _predict, predict_batch
+
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    det, valid = predict_batch(run.model, images, max_det=10)
+    assert det.shape == (1, 10, 6) and valid.shape == (1, 10)
+    size = _predict._cache_size()
+    predict_batch(run_lib.restore_run(tmp_path).model, images, max_det=10)
+    assert _predict._cache_size() == size  # an equal model reuses the compiled call

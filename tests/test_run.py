@@ -236,3 +236,39 @@ def test_restoring_and_evaluating_import_neither_train_nor_pyplot():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PKG.parent)
     assert out.returncode == 0, out.stderr
+
+
+def test_restore_run_reads_the_ema_of_a_real_detector(tmp_path):
+    """The YOLOv8n train state saved by the train layer comes back as the EMA model, by name."""
+    import jax
+
+    from detjax.config import dump_config
+    from detjax.train.checkpoint import Checkpointer
+    from detjax.train.loop import step_config
+    from detjax.train.state import create_train_state
+
+    cfg = load_config(None, ["data.imgsz=64"])
+    state = create_train_state(run_lib.build_model(cfg, 2), step_config(cfg, 4))
+    shifted = lambda tree: jax.tree.map(lambda x: x + 0.5, tree)  # EMA != raw weights
+    state = state.replace(ema_params=shifted(state.params), ema_stats=shifted(state.batch_stats))
+    dump_config(cfg, tmp_path / "config.yaml")
+    run_lib.write_run_info(tmp_path, cfg, ["a", "b"])
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    ckpt.save(3, state, {"epoch": 3})
+    ckpt.close()
+    run = run_lib.restore_run(tmp_path)
+    assert run.checkpoint_dir == tmp_path / "checkpoints" / "3" and run.meta == {"epoch": 3}
+    for kind, want in ((nnx.Param, state.ema_params), (nnx.BatchStat, state.ema_stats)):
+        got = jax.tree.leaves(nnx.state(run.model, kind))
+        assert len(got) == len(jax.tree.leaves(want)) > 0
+        for g, w in zip(got, jax.tree.leaves(want)):
+            np.testing.assert_array_equal(g, w)
+    # evaluation jits the restored detector (its graph definition is not hashable)
+    from detjax.eval.validation import _predict, predict_batch
+
+    images = np.zeros((1, 32, 32, 3), np.uint8)
+    det, valid = predict_batch(run.model, images, max_det=10)
+    assert det.shape == (1, 10, 6) and valid.shape == (1, 10)
+    size = _predict._cache_size()
+    predict_batch(run_lib.restore_run(tmp_path).model, images, max_det=10)
+    assert _predict._cache_size() == size  # an equal model reuses the compiled call

@@ -49,8 +49,9 @@ def inference_fn(model) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
     return functools.partial(_apply, graphdef), variables
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "conf_thres", "max_det",
-                                             "multi_label"))
+# the graph definition is an argument, not a static one: it is a pytree without leaves whose
+# structure jit hashes and compares (the GraphDef itself is not hashable)
+@functools.partial(jax.jit, static_argnames=("conf_thres", "max_det", "multi_label"))
 def _predict(graphdef, variables, images, iou_thres, *, conf_thres: float, max_det: int,
              multi_label: bool):
     from detjax.nms import non_max_suppression

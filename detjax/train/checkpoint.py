@@ -157,8 +157,8 @@ def restore_for_inference(path: str | os.PathLike, overrides: list[str] | None =
             from detjax.train.loop import build_datasets
 
             names = list(build_datasets(cfg)[1].class_names)
-        template = create_train_state(build_model(cfg, len(names)),
-                                      step_config(cfg, int(meta.get("iters_per_epoch", 1))))
+        template = create_train_state(build_model(cfg, len(names)), step_config(
+            cfg, int(meta.get("iters_per_epoch", 1)), len(names)))
         state, meta = ckpt.restore(template, step)
     finally:
         ckpt.close()

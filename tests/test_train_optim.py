@@ -256,7 +256,8 @@ def test_optax_optimizer_by_name_per_group():
     rng = np.random.default_rng(2)
     grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
              for _ in range(3)]
-    _, trajectory = _run_recipe(cfg, 3, params, grads=lambda ni: grads[ni])
+    rows, trajectory = _run_recipe(cfg, 3, params, grads=lambda ni: grads[ni])
+    np.testing.assert_allclose(rows[:, 2], 0.95)  # the logged momentum is lion's b1
     for key, name in (("conv", "kernel"), ("conv", "bias"), ("bn", "scale"), ("dense", "kernel")):
         decay = cfg.scaled_weight_decay if name == "kernel" else 0.0
         p, state = params[key][name], None
@@ -315,8 +316,9 @@ def test_make_optimizer_from_config():
     assert isinstance(tx, optax.GradientTransformation)
     assert tx is optim.make_optimizer(cfg, iters_per_epoch=10, num_classes=3)  # cached
     params = _params()
-    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    updates, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     assert all(np.isfinite(np.asarray(u)).all() for u in jax.tree.leaves(updates))
+    assert float(optim.hyperparams(state)["momentum"]) == 0.0  # adafactor: no momentum
     with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
         optim.make_optimizer(_cfg(["train.optimizer=adamx"]), iters_per_epoch=1, num_classes=1)
 

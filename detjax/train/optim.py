@@ -97,7 +97,8 @@ class OptimConfig:
     ``batch`` is the global batch of one iteration; ``iters_per_epoch`` is ``nb``. ``optimizer``
     is ``sgd`` (torch Nesterov SGD), ``adamw`` (torch AdamW) or the name of any Optax optimiser
     (:func:`optax_optimizers`), called as ``optax.<name>(learning_rate=..., **optimizer_kwargs)``
-    per group, with the scaled ``weight_decay`` on kernels when it takes a ``weight_decay``.
+    per group, with the scaled ``weight_decay`` on kernels when it takes a ``weight_decay`` (a
+    ``weight_decay`` in ``optimizer_kwargs`` applies to every group instead).
     Defaults equal ultralytics ``cfg/default.yaml``.
     """
 
@@ -338,14 +339,21 @@ def _group_factory(cfg: OptimConfig):
         return factory, {**lrs, "momentum": cfg.momentum}
     fn = getattr(optax, cfg.optimizer)
     kwargs = dict(cfg.optimizer_kwargs)
-    decays = "weight_decay" in inspect.signature(fn).parameters and "weight_decay" not in kwargs
+    params = inspect.signature(fn).parameters
+    decays = "weight_decay" in params and "weight_decay" not in kwargs
+    # the logged momentum: the optimiser's own momentum / beta1, held as a constant (0 = none)
+    beta = next((n for n in ("momentum", "b1")
+                 if n in params and kwargs.get(n, params[n].default) is not None), None)
+    momentum = float(kwargs.pop(beta, params[beta].default)) if beta else 0.0
 
-    def factory(learning_rate, bias_learning_rate):
+    def factory(learning_rate, bias_learning_rate, momentum):
         def one(lr, decay):
-            return fn(learning_rate=lr, **({"weight_decay": decay} if decays else {}), **kwargs)
+            own = {beta: momentum} if beta else {}
+            return fn(learning_rate=lr, **({"weight_decay": decay} if decays else {}), **own,
+                      **kwargs)
         return _by_group(one(learning_rate, wd), one(learning_rate, 0.0),
                          one(bias_learning_rate, 0.0))
-    return factory, lrs
+    return factory, {**lrs, "momentum": momentum}
 
 
 @functools.cache

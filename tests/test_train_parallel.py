@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     oc = optim.OptimConfig(iters_per_epoch=10, epochs=3, batch=16, nbs=32, warmup_epochs=0.5,
                            warmup_min_iters=0, optimizer="sgd", lr0=0.05)
-    cfg = StepConfig(optim=oc, loss_times_batch=True)
+    cfg = StepConfig(tx=optim.recipe(oc), loss_times_batch=True)
     fresh = lambda: create_train_state(ToyDetector(rngs=nnx.Rngs(0)), cfg)
     batches = [toy_batch(i, batch=16) for i in range(4)]
 

@@ -1,9 +1,12 @@
 """train_step / eval_forward on a small stand-in detector: overfit, accumulation equivalence,
-precision, loss scaling, EMA wiring, jit == eager."""
+precision, loss scaling, EMA wiring, any Optax transformation, no recompilation, jit == eager."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from train_toys import ToyDetector, toy_batch
@@ -19,7 +22,7 @@ def _state(*, batch=8, nbs=8, precision="f32", batchnorm=True, optimizer="adamw"
                            optimizer=optimizer, lr0=lr0, warmup_epochs=warmup_epochs,
                            warmup_min_iters=0, **kw)
     model = ToyDetector(batchnorm=batchnorm, rngs=nnx.Rngs(seed))
-    return create_train_state(model, StepConfig(optim=oc, precision=precision,
+    return create_train_state(model, StepConfig(tx=optim.recipe(oc), precision=precision,
                                                 loss_times_batch=False))
 
 
@@ -42,11 +45,14 @@ def test_gradient_accumulation_equals_large_batch():
     micro = [{k: v[i * 4:(i + 1) * 4] for k, v in big.items()} for i in range(4)]
     # loss_times_batch: ultralytics' sum-over-images gradient scale makes micro-batches add up
     a = _state(batch=4, nbs=16, batchnorm=False, weight_decay=0.01)
-    a = a.replace(config=StepConfig(optim=a.config.optim, loss_times_batch=True))
+    a = a.replace(config=dataclasses.replace(a.config, loss_times_batch=True))
     b = _state(batch=16, nbs=16, batchnorm=False, weight_decay=0.01)
-    b = b.replace(config=StepConfig(optim=b.config.optim, loss_times_batch=True))
-    assert a.config.optim.accumulate == 4 and b.config.optim.accumulate == 1
-    assert a.config.optim.scaled_weight_decay == pytest.approx(b.config.optim.scaled_weight_decay)
+    b = b.replace(config=dataclasses.replace(b.config, loss_times_batch=True))
+    oa = optim.OptimConfig(iters_per_epoch=100, epochs=10, batch=4, nbs=16, weight_decay=0.01)
+    ob = dataclasses.replace(oa, batch=16)
+    assert oa.accumulate == 4 and ob.accumulate == 1
+    assert oa.scaled_weight_decay == pytest.approx(ob.scaled_weight_decay)
+    assert isinstance(a.opt_state, optax.MultiStepsState)
     steps = []
     for mb in micro:
         a, m = step_lib.jit_train_step(a, mb)
@@ -73,12 +79,13 @@ def test_f16_loss_scaling_skips_non_finite_steps():
     state = _state(precision="f16")
     assert float(state.loss_scale) == 2.0 ** 16
     state = state.replace(loss_scale=jnp.float32(1e30))  # overflows float16 gradients
-    before = jax.tree.map(np.asarray, state.params)  # the step donates its input state
-    state, m = step_lib.jit_train_step(state, batch)
-    assert not bool(m["finite"]) and bool(m["optimizer_step"])
-    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
-        np.testing.assert_array_equal(x, y)
-    assert float(state.loss_scale) == pytest.approx(5e29)
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state, state.ema_params))
+    state, m = step_lib.jit_train_step(state, batch)  # donates its input state
+    assert not bool(m["finite"]) and not bool(m["optimizer_step"]) and int(state.step) == 0
+    after = (state.params, state.opt_state, state.ema_params)
+    for x, y in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+        np.testing.assert_array_equal(x, y)  # the micro-batch is dropped whole
+    assert float(state.loss_scale) == pytest.approx(5e29) and int(state.iteration) == 1
     state = state.replace(loss_scale=jnp.float32(2.0 ** 8))
     state, m = step_lib.jit_train_step(state, batch)
     assert bool(m["finite"]) and np.isfinite(float(m["loss"]))
@@ -127,6 +134,45 @@ def test_eval_forward_uses_ema_in_eval_mode():
     # eval mode: one image's prediction does not depend on the rest of the batch
     single = step_lib.jit_eval_forward(state, batch["images"][:1])
     np.testing.assert_allclose(single, preds[:1], rtol=1e-4, atol=1e-5)
+
+
+def test_any_optax_transformation_and_no_recompilation():
+    """The loop's flat step compiles once, for a user transformation and for the recipe with
+    accumulation (its steps follow ``ni - last_opt_step >= accumulate(ni)``)."""
+    lion = optax.inject_hyperparams(optax.lion)(learning_rate=optax.linear_schedule(1e-3, 0, 10))
+    user = create_train_state(ToyDetector(rngs=nnx.Rngs(0)), StepConfig(tx=lion))
+    recipe = _state(batch=4, nbs=16, warmup_epochs=0.05)  # nw = 5: accumulate 1,2,2,3,3,4,4
+    for state, steps in ((user, [True] * 6), (recipe, [True, False, True, False, False, False])):
+        flat = step_lib.FlatState.of(state)
+        run = step_lib.make_flat_step(flat.treedef)
+        leaves, got = flat.leaves, []
+        for i in range(6):
+            leaves, m = run(leaves, toy_batch(i, batch=4))
+            got.append(bool(m["optimizer_step"]))
+        assert run._cache_size() == 1
+        assert got == steps
+        done = step_lib.FlatState(leaves, flat.treedef).unflatten()
+        assert int(done.step) == sum(steps) and int(done.iteration) == 6
+
+
+def test_user_transformation_updates_like_optax():
+    tx = optax.inject_hyperparams(optax.lion)(learning_rate=optax.linear_schedule(1e-3, 0, 10))
+    state = create_train_state(ToyDetector(batchnorm=False, rngs=nnx.Rngs(0)),
+                               StepConfig(tx=tx, loss_times_batch=False))
+    params, opt = jax.tree.map(jnp.copy, state.params), tx.init(state.params)
+    lrs = []
+    for i in range(3):
+        batch = toy_batch(i)
+        loss = lambda p, s=state, b=batch: step_lib._loss_fn(p, s, b, 1.0, 8)[0]
+        grads = jax.grad(loss)(params)
+        updates, opt = tx.update(grads, opt, params)
+        params = optax.apply_updates(params, updates)
+        state, m = step_lib.jit_train_step(state, batch)
+        lrs.append(float(m["lr"]))
+    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert lrs == pytest.approx([1e-3, 9e-4, 8e-4], rel=1e-5)
+    assert int(state.step) == 3
 
 
 @pytest.mark.slow  # eager NNX dispatch is slow on CPU

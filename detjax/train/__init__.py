@@ -1,6 +1,7 @@
-"""Training: state, optimiser recipe, EMA, pure train step (single / pmap / sharded), checkpoints
-and the ``train_and_evaluate`` loop behind ``detjax train`` (logging in ``train.logs``, the
-time budget in ``train.budget``, the command in ``train.cli``).
+"""Training: state, optimiser recipe (one ``optax.GradientTransformation``), EMA, pure train
+step (single / pmap / sharded), checkpoints and the ``train_and_evaluate`` loop behind
+``detjax train`` (logging in ``train.logs``, the time budget in ``train.budget``, the command
+in ``train.cli``).
 
 Names resolve lazily, so ``import detjax.train`` does no work.
 """
@@ -20,6 +21,8 @@ _LAZY = {
     "jit_train_step": "detjax.train.step",
     "pmap_train_step": "detjax.train.step",
     "sharded_train_step": "detjax.train.step",
+    "make_optimizer": "detjax.train.optim",
+    "recipe": "detjax.train.optim",
     "OptimConfig": "detjax.train.optim",
     "schedule": "detjax.train.optim",
     "ema_update": "detjax.train.ema",

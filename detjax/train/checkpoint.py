@@ -8,9 +8,10 @@ Layout of a run folder::
 
 Each save holds two items: ``state`` (every array leaf of the ``TrainState`` under a flat,
 stable key, so any pytree layout round-trips exactly) and ``meta`` (JSON: ``epoch``,
-``loader`` = ``Loader.state.to_dict()``, ``best_map``, last metrics, ...). Restoring needs a
-template state with the same structure (built from the same config), which also restores
-the static parts (graph definitions, step config).
+``loader`` = ``Loader.state.to_dict()``, ``best_map``, last metrics, ...). The optimiser state
+is Optax's own pytree and is saved leaf by leaf like the rest. Restoring needs a template state
+with the same structure (built from the same config and optimiser), which also restores the
+static parts (graph definitions, step config).
 
 Crash safety: orbax writes a save into a temporary folder and renames it into place only
 after every file is written (``AtomicRenameTemporaryPath``); a save killed half way leaves

@@ -44,17 +44,16 @@ MODEL_KEYS = ("images", "boxes", "labels", "gt_mask")
 OnEval = Callable[[int, dict[str, Any]], "bool | None"]
 
 
-def step_config(cfg: Config, iters_per_epoch: int) -> StepConfig:
+def step_config(cfg: Config, iters_per_epoch: int, num_classes: int = 10, *,
+                tx=None) -> StepConfig:
+    """The step settings of ``cfg``; ``tx`` (an ``optax.GradientTransformation``) replaces the
+    recipe of ``train.*`` (``optim.make_optimizer``; ``num_classes`` matters to ``auto`` only,
+    ultralytics assumes 10 when the data does not say)."""
     t = cfg.train
-    oc = optim.OptimConfig(
-        iters_per_epoch=iters_per_epoch, epochs=t.epochs, batch=t.batch, optimizer=t.optimizer,
-        lr0=t.lr0, lrf=t.lrf, momentum=t.momentum, weight_decay=t.weight_decay, nbs=t.nbs,
-        warmup_epochs=t.warmup_epochs, warmup_min_iters=t.warmup_min_iters,
-        warmup_momentum=t.warmup_momentum, warmup_bias_lr=t.warmup_bias_lr,
-        schedule=t.schedule, step_milestones=tuple(t.step_milestones),
-        step_gamma=t.step_gamma, grad_clip=t.grad_clip)
+    if tx is None:
+        tx = optim.make_optimizer(cfg, iters_per_epoch=iters_per_epoch, num_classes=num_classes)
     loss = tuple(sorted(t.loss.to_dict().items())) if isinstance(t.loss, Config) else ()
-    return StepConfig(optim=oc, precision=t.precision, ema_decay=t.ema_decay,
+    return StepConfig(tx=tx, precision=t.precision, ema_decay=t.ema_decay,
                       ema_tau=t.ema_tau, loss_hyp=loss, loss_times_batch=t.loss_times_batch)
 
 
@@ -105,11 +104,14 @@ def _train_epoch(runner: Runner, state, loader, cfg: Config, log: logs.TrainLog,
 
 
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
-                       on_eval: OnEval | None = None,
+                       tx=None, on_eval: OnEval | None = None,
                        stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint when
     ``config.resume``) and returns the final metrics (``map``, ``map50``, ``map75``,
     ``epochs``, ``best_map``, ``train_time_s``, ``total_time_s``, ``iterations``).
+
+    ``tx``: any ``optax.GradientTransformation`` in place of the ``train.*`` recipe (its
+    schedule is the caller's; it is called once per batch).
 
     ``on_eval(epoch, metrics)`` is called after each evaluation (``epoch`` counts from 1,
     ``metrics`` is the COCO result); returning ``True`` stops the run after that epoch (a
@@ -134,7 +136,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     if nb < 1:
         raise ValueError(f"{len(train_ds)} training images < train.batch={cfg.train.batch}")
     model = run_lib.build_model(cfg, len(class_names))
-    state = create_train_state(model, step_config(cfg, nb))
+    state = create_train_state(model, step_config(cfg, nb, len(class_names), tx=tx))
     del model
 
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
@@ -164,6 +166,9 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
               f"{jax.device_count()} {jax.devices()[0].platform} device(s), "
               f"parallel={runner.mode}, workdir={workdir}; set up in "
               f"{time.time() - t_start:.0f}s")
+        print(optim.describe(cfg, iters_per_epoch=nb, num_classes=len(class_names)) if tx is None
+              else "optimizer: the given optax transformation (train.optimizer, lr0, warmup, "
+              "schedule, nbs and grad_clip unused)")
 
     result: dict[str, Any] = {}
     last_eval_time, epoch_times, timing = 0.0, [], {}

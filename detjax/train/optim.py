@@ -1,9 +1,8 @@
-"""The ultralytics optimiser recipe as pure functions: parameter groups, warmup, lr schedule,
-nominal-batch accumulation, gradient clipping, SGD (Nesterov) and AdamW.
+"""The ultralytics optimiser recipe as one ``optax.GradientTransformation``.
 
 Reference: ultralytics ``engine/trainer.py`` (``build_optimizer``, the warmup block of
 ``_do_train``, ``optimizer_step``) and ``utils/torch_utils.py`` (``one_cycle``), in the classic
-8.x form the issue specifies:
+8.x form:
 
 - groups: ``bias`` (every parameter named ``bias``, no decay), ``bn`` (norm scales and any other
   1-D parameter, no decay), ``weight`` (kernels, decay);
@@ -15,39 +14,98 @@ Reference: ultralytics ``engine/trainer.py`` (``build_optimizer``, the warmup bl
 - ``lf`` cosine (``one_cycle(1, lrf, epochs)``), linear (``(1 - e / epochs) * (1 - lrf) + lrf``)
   or step decay (``gamma ** #milestones passed``, an option ultralytics does not have);
 - an optimiser step when ``ni - last_opt_step >= accumulate``: clip the summed gradient to
-  global norm ``grad_clip`` (torch ``clip_grad_norm_``: ``coef = max / (norm + 1e-6)``, applied
-  when < 1), then torch ``SGD(momentum, nesterov=True)`` with coupled weight decay, or torch
-  ``AdamW(betas=(momentum, 0.999), eps=1e-8)`` with decoupled decay.
+  global norm ``grad_clip``, then torch ``SGD(momentum, nesterov=True)`` with coupled weight
+  decay, or torch ``AdamW(betas=(momentum, 0.999), eps=1e-8)`` with decoupled decay.
 
-Everything here is a pure function of the iteration counter, so it runs inside ``jax.jit``; the
-NumPy twin ``schedule_numpy`` is what the loop logs and what the tests compare against.
+:func:`recipe` builds it from Optax parts::
+
+    MultiSteps(                               # gradient accumulation (summed), k(step)
+        chain(clip_by_global_norm(grad_clip),
+              inject_hyperparams(groups)(     # lr, bias lr, momentum: schedules of the step
+                  multi_transform({"weight": ..., "bn": ..., "bias": ...}, param_groups))),
+        every_k_schedule=accumulate_of_step, use_grad_mean=False)
+
+Ultralytics schedules are functions of the micro-batch iteration ``ni`` (and of the epoch
+``ni // nb``: lr is constant within an epoch after warmup), while Optax schedules see the
+optimiser step count. The accumulate ramp is deterministic, so the ``ni`` of every optimiser step
+is known in advance (:func:`iteration_of_step`): a table over the warmup, then one step per
+``accumulate`` iterations. The schedules evaluate the ultralytics formulas at that ``ni``;
+``MultiSteps`` takes its ``every_k_schedule`` from the same table, so steps fire exactly where
+``ni - last_opt_step >= accumulate`` fires.
+
+The schedule length is an Optax extra argument: ``tx.update(grads, state, params, epochs=n)``
+(absent or ``n <= 0``: ``OptimConfig.epochs``). The train step passes ``TrainState.epochs``,
+which the loop lowers to fit ``train.time_limit`` without recompiling.
+
+Clipping: torch ``clip_grad_norm_`` scales by ``max / (norm + 1e-6)``, ``optax.clip_by_global_norm``
+by ``max / norm``; they differ by a factor ``1 + 1e-6 / norm``, and clipping only acts when
+``norm > max``, so the relative difference is below ``1e-6 / grad_clip`` (1e-7 at the default 10,
+under float32 resolution). ``tests/test_train_optim.py`` checks every step against torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import inspect
 import math
 from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 Group = Literal["weight", "bn", "bias"]
+
+# optax functions with a ``learning_rate`` first argument that are not whole optimisers, or
+# need more than a gradient (lbfgs reads the loss value through extra arguments)
+_NOT_OPTIMIZERS = ("lbfgs", "scale_by_learning_rate", "scale_by_rprop")
+
+
+@functools.cache
+def optax_optimizers() -> tuple[str, ...]:
+    """Names of the Optax optimisers ``train.optimizer`` accepts besides ``sgd | adamw | auto``
+    (every ``optax.<name>(learning_rate, ...)`` alias, e.g. ``lion``, ``adafactor``, ``lamb``)."""
+    names = []
+    for name in dir(optax):
+        fn = getattr(optax, name)
+        if name.startswith("_") or name in _NOT_OPTIMIZERS or inspect.isclass(fn):
+            continue
+        try:
+            params = list(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            continue
+        if params[:1] == ["learning_rate"]:
+            names.append(name)
+    return tuple(sorted(names))
+
+
+def _check_optimizer(name: str) -> None:
+    valid = ("sgd", "adamw", *(n for n in optax_optimizers() if n not in ("sgd", "adamw")))
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown optimizer {name!r}{hint}; valid: auto, {', '.join(valid)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """Static optimiser hyperparameters (hashable: lives in the jitted step as a constant).
+    """Static optimiser hyperparameters (hashable: :func:`recipe` caches on it).
 
-    ``batch`` is the global batch of one iteration; ``iters_per_epoch`` is ``nb``.
+    ``batch`` is the global batch of one iteration; ``iters_per_epoch`` is ``nb``. ``optimizer``
+    is ``sgd`` (torch Nesterov SGD), ``adamw`` (torch AdamW) or the name of any Optax optimiser
+    (:func:`optax_optimizers`), called as ``optax.<name>(learning_rate=..., **optimizer_kwargs)``
+    per group, with the scaled ``weight_decay`` on kernels when it takes a ``weight_decay`` (a
+    ``weight_decay`` in ``optimizer_kwargs`` applies to every group instead).
     Defaults equal ultralytics ``cfg/default.yaml``.
     """
 
     iters_per_epoch: int
     epochs: int
     batch: int
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: str = "sgd"
     lr0: float = 0.01
     lrf: float = 0.01
     momentum: float = 0.937
@@ -63,16 +121,23 @@ class OptimConfig:
     grad_clip: float = 10.0
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
+    optimizer_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        _check_optimizer(self.optimizer)
         if self.schedule not in ("cosine", "linear", "step"):
             raise ValueError(
                 f"schedule must be 'cosine', 'linear' or 'step', got {self.schedule!r}")
         if self.iters_per_epoch < 1 or self.epochs < 1 or self.batch < 1:
             raise ValueError("iters_per_epoch, epochs and batch must be >= 1, got "
                              f"{self.iters_per_epoch}, {self.epochs}, {self.batch}")
+        kwargs = dict(self.optimizer_kwargs)
+        if "learning_rate" in kwargs:
+            raise ValueError("optimizer_kwargs may not set learning_rate: the recipe schedules "
+                             "it from lr0 (use train.lr0)")
+        if kwargs and self.optimizer in ("sgd", "adamw"):
+            raise ValueError(f"optimizer_kwargs are for Optax optimisers; {self.optimizer!r} "
+                             f"takes its settings from lr0 / momentum / weight_decay, got {kwargs}")
 
     @property
     def accumulate(self) -> int:
@@ -90,6 +155,9 @@ class OptimConfig:
         if self.warmup_epochs <= 0:
             return -1
         return max(round(self.warmup_epochs * self.iters_per_epoch), self.warmup_min_iters)
+
+
+# ----------------------------------------------------------------------------- schedule of ni
 
 
 def lr_factor(epoch, cfg: OptimConfig, xp=jnp, epochs=None):
@@ -151,9 +219,50 @@ def schedule(ni, cfg: OptimConfig, xp=jnp, epochs=None) -> Hyper:
 
 
 def schedule_numpy(ni: int, cfg: OptimConfig, epochs=None) -> dict[str, float]:
-    """``schedule`` on the host, as plain floats (for logging)."""
+    """``schedule`` on the host, as plain floats."""
     h = schedule(np.asarray(ni), cfg, xp=np, epochs=epochs)
     return {k: float(v) for k, v in h._asdict().items()}
+
+
+# ----------------------------------------------------------------------------- ni of a step
+
+
+@functools.cache
+def _warmup_step_iterations(cfg: OptimConfig) -> np.ndarray:
+    """``ni`` of every optimiser step up to the first one at or after the end of warmup,
+    by the ultralytics rule ``ni - last_opt_step >= accumulate(ni)``; empty when every
+    step is ``accumulate`` iterations long (no warmup, or ``accumulate == 1``)."""
+    nw = cfg.warmup_iters
+    if nw <= 0 or cfg.accumulate == 1:
+        return np.zeros(0, np.int32)
+    ramp = schedule(np.arange(nw + cfg.accumulate + 1), cfg, xp=np).accumulate.tolist()
+    out, last, ni = [], -1, 0
+    while last < nw:
+        if ni - last >= ramp[ni]:
+            out.append(ni)
+            last = ni
+        ni += 1
+    return np.asarray(out, np.int32)
+
+
+def iteration_of_step(step, cfg: OptimConfig) -> jax.Array:
+    """The iteration ``ni`` at which optimiser step ``step`` (0-based) happens."""
+    step = jnp.asarray(step, jnp.int32)
+    table = _warmup_step_iterations(cfg)
+    n = len(table)
+    last = int(table[-1]) if n else -1
+    after = last + (step - n + 1) * cfg.accumulate
+    if n == 0:
+        return after
+    return jnp.where(step < n, jnp.asarray(table)[jnp.clip(step, 0, n - 1)], after)
+
+
+def accumulate_of_step(step, cfg: OptimConfig) -> jax.Array:
+    """Micro-batches summed into optimiser step ``step``: the ``every_k_schedule`` of
+    ``optax.MultiSteps``."""
+    step = jnp.asarray(step, jnp.int32)
+    previous = jnp.where(step > 0, iteration_of_step(step - 1, cfg), -1)
+    return iteration_of_step(step, cfg) - previous
 
 
 # ----------------------------------------------------------------------------- groups
@@ -180,95 +289,193 @@ def param_group(path, leaf) -> Group:
 
 
 def param_groups(params) -> Any:
-    """A tree of group names with the structure of ``params``."""
+    """A tree of group names with the structure of ``params`` (``optax.multi_transform`` labels)."""
     return jax.tree_util.tree_map_with_path(param_group, params)
 
 
-# ----------------------------------------------------------------------------- clipping
+# ----------------------------------------------------------------------------- the recipe
 
 
-def global_norm(tree) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+class _StepSchedule(optax.schedules.WrappedSchedule):
+    """An Optax stateful schedule ``fn(step, epochs)``: ``step`` counts optimiser steps,
+    ``epochs`` is the ``epochs`` extra argument of ``update`` (absent or <= 0: as built)."""
+
+    def __call__(self, state, **extra_args):
+        return self.schedule_fn(state.count, extra_args.get("epochs"))
 
 
-def clip_by_global_norm(grads, max_norm: float):
-    """torch ``clip_grad_norm_``: scale by ``min(max_norm / (norm + 1e-6), 1)``; also the norm."""
-    norm = global_norm(grads)
-    coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
-    return jax.tree.map(lambda g: (g * coef).astype(g.dtype), grads), norm
+def _hyper_of_step(step, epochs, *, cfg: OptimConfig, field: str) -> jax.Array:
+    if epochs is not None:
+        epochs = jnp.where(jnp.asarray(epochs) > 0, epochs, cfg.epochs)
+    return getattr(schedule(iteration_of_step(step, cfg), cfg, epochs=epochs), field)
 
 
-# ----------------------------------------------------------------------------- optimisers
+def _by_group(weight, bn, bias) -> optax.GradientTransformation:
+    return optax.multi_transform({"weight": weight, "bn": bn, "bias": bias}, param_groups)
 
 
-class SGDState(NamedTuple):
-    momentum_buffer: Any
-
-
-class AdamWState(NamedTuple):
-    count: jax.Array
-    mu: Any
-    nu: Any
-
-
-def init(params, cfg: OptimConfig) -> SGDState | AdamWState:
-    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+def _group_factory(cfg: OptimConfig):
+    """``factory(**hyperparameters) -> multi_transform`` of the three groups for
+    ``optax.inject_hyperparams``; returns it with its hyperparameters (schedules or values)."""
+    wd = cfg.scaled_weight_decay
+    sched = lambda field: _StepSchedule(functools.partial(_hyper_of_step, cfg=cfg, field=field))
+    lrs = {"learning_rate": sched("lr_weight"), "bias_learning_rate": sched("lr_bias")}
     if cfg.optimizer == "sgd":
-        return SGDState(zeros())
-    return AdamWState(jnp.zeros((), jnp.int32), zeros(), zeros())
+        def factory(learning_rate, bias_learning_rate, momentum):
+            def sgd(lr, decay):  # torch SGD: g + wd * p, then Nesterov momentum
+                return optax.chain(optax.add_decayed_weights(decay),
+                                   optax.sgd(lr, momentum=momentum, nesterov=True))
+            return _by_group(sgd(learning_rate, wd), sgd(learning_rate, 0.0),
+                             sgd(bias_learning_rate, 0.0))
+        return factory, {**lrs, "momentum": sched("momentum")}
+    if cfg.optimizer == "adamw":
+        # ultralytics' warmup sets only groups that have a "momentum" key: AdamW's beta1 stays
+        def factory(learning_rate, bias_learning_rate, momentum):
+            def adamw(lr, decay):
+                return optax.adamw(lr, b1=momentum, b2=cfg.adam_beta2, eps=cfg.adam_eps,
+                                   weight_decay=decay)
+            return _by_group(adamw(learning_rate, wd), adamw(learning_rate, 0.0),
+                             adamw(bias_learning_rate, 0.0))
+        return factory, {**lrs, "momentum": cfg.momentum}
+    fn = getattr(optax, cfg.optimizer)
+    kwargs = dict(cfg.optimizer_kwargs)
+    params = inspect.signature(fn).parameters
+    decays = "weight_decay" in params and "weight_decay" not in kwargs
+    # the logged momentum: the optimiser's own momentum / beta1, held as a constant (0 = none)
+    beta = next((n for n in ("momentum", "b1")
+                 if n in params and kwargs.get(n, params[n].default) is not None), None)
+    momentum = float(kwargs.pop(beta, params[beta].default)) if beta else 0.0
+
+    def factory(learning_rate, bias_learning_rate, momentum):
+        def one(lr, decay):
+            own = {beta: momentum} if beta else {}
+            return fn(learning_rate=lr, **({"weight_decay": decay} if decays else {}), **own,
+                      **kwargs)
+        return _by_group(one(learning_rate, wd), one(learning_rate, 0.0),
+                         one(bias_learning_rate, 0.0))
+    return factory, {**lrs, "momentum": momentum}
 
 
-def _lr_tree(groups, hyper: Hyper):
-    table = {"bias": hyper.lr_bias, "bn": hyper.lr_bn, "weight": hyper.lr_weight}
-    return jax.tree.map(lambda g: table[g], groups)
+@functools.cache
+def recipe(cfg: OptimConfig) -> optax.GradientTransformation:
+    """The ultralytics recipe for ``cfg`` as one Optax transformation (see the module docstring).
+
+    Call ``update`` once per micro-batch with the micro-batch gradient; the updates are zero
+    until an optimiser step. ``update(..., epochs=n)`` sets the schedule length. Equal configs
+    give the same object, so train states built from them share compiled steps.
+    """
+    factory, hyper = _group_factory(cfg)
+    groups = optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(**hyper)
+    inner = optax.chain(optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0
+                        else optax.identity(), groups)
+    if cfg.accumulate == 1:
+        return inner
+    every_k = functools.partial(accumulate_of_step, cfg=cfg)
+    return optax.MultiSteps(inner, every_k_schedule=every_k,
+                            use_grad_mean=False).gradient_transformation()
 
 
-def _decay_tree(groups, weight_decay: float):
-    return jax.tree.map(lambda g: weight_decay if g == "weight" else 0.0, groups)
+# ----------------------------------------------------------------------------- from a Config
 
 
-def sgd_update(grads, state: SGDState, params, *, lrs, decays, momentum):
-    """torch ``SGD(nesterov=True)``: ``g += wd p; b = mu b + g; p -= lr (g + mu b)``."""
-    def one(g, b, p, lr, wd):
-        g = g + wd * p
-        b = momentum * b + g
-        return p - lr * (g + momentum * b), b
+def auto_optimizer(*, num_classes: int, iterations: int) -> tuple[str, float, float]:
+    """ultralytics ``optimizer=auto``: ``(name, lr0, momentum)``.
 
-    out = jax.tree.map(one, grads, state.momentum_buffer, params, lrs, decays)
-    new_params = jax.tree.map(lambda o: o[0], out, is_leaf=lambda x: isinstance(x, tuple))
-    new_buf = jax.tree.map(lambda o: o[1], out, is_leaf=lambda x: isinstance(x, tuple))
-    return new_params, SGDState(new_buf)
-
-
-def adamw_update(grads, state: AdamWState, params, *, lrs, decays, beta1, beta2, eps):
-    """torch ``AdamW``: ``p *= 1 - lr wd``, bias-corrected Adam step with ``eps`` outside sqrt."""
-    count = state.count + 1
-    c1 = 1 - beta1 ** count.astype(jnp.float32)
-    c2 = 1 - beta2 ** count.astype(jnp.float32)
-
-    def one(g, m, v, p, lr, wd):
-        p = p * (1 - lr * wd)
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        return p - lr * (m / c1) / (jnp.sqrt(v / c2) + eps), m, v
-
-    out = jax.tree.map(one, grads, state.mu, state.nu, params, lrs, decays)
-    pick = lambda i: jax.tree.map(lambda o: o[i], out, is_leaf=lambda x: isinstance(x, tuple))
-    return pick(0), AdamWState(count, pick(1), pick(2))
+    AdamW with ``lr0 = round(0.002 * 5 / (4 + num_classes), 6)`` and momentum 0.9 for runs of
+    at most 10,000 iterations, else SGD with lr0 0.01 and momentum 0.9 (classic 8.x; recent
+    ultralytics picks its MuSGD there).
+    """
+    if iterations > 10000:
+        return "sgd", 0.01, 0.9
+    return "adamw", round(0.002 * 5 / (4 + num_classes), 6), 0.9
 
 
-def apply_update(grads, opt_state, params, hyper: Hyper, cfg: OptimConfig):
-    """Clip, then one SGD / AdamW step with per-group lr and decay -> (params, state, norm)."""
-    grads, norm = clip_by_global_norm(grads, cfg.grad_clip)
-    groups = param_groups(params)
-    lrs = _lr_tree(groups, hyper)
-    decays = _decay_tree(groups, cfg.scaled_weight_decay)
-    if cfg.optimizer == "sgd":
-        params, opt_state = sgd_update(grads, opt_state, params, lrs=lrs, decays=decays,
-                                       momentum=hyper.momentum)
-    else:
-        params, opt_state = adamw_update(grads, opt_state, params, lrs=lrs, decays=decays,
-                                         beta1=cfg.momentum, beta2=cfg.adam_beta2,
-                                         eps=cfg.adam_eps)
-    return params, opt_state, norm
+def auto_iterations(*, iters_per_epoch: int, batch: int, nbs: int, epochs: int) -> int:
+    """ultralytics' ``iterations`` for ``auto``: ``ceil(N / max(batch, nbs)) * epochs`` with
+    ``N = iters_per_epoch * batch`` images (optimiser steps at the nominal batch)."""
+    return math.ceil(iters_per_epoch * batch / max(batch, nbs)) * epochs
+
+
+def optimizer_config(config, *, iters_per_epoch: int, num_classes: int) -> OptimConfig:
+    """The :class:`OptimConfig` of a detjax ``Config`` (``train.*``), ``auto`` resolved."""
+    t = config.train
+    name = str(t.optimizer).lower()
+    lr0, momentum, warmup_bias_lr = float(t.lr0), float(t.momentum), float(t.warmup_bias_lr)
+    if name == "auto":
+        iterations = auto_iterations(iters_per_epoch=iters_per_epoch, batch=int(t.batch),
+                                     nbs=int(t.nbs), epochs=int(t.epochs))
+        name, lr0, momentum = auto_optimizer(num_classes=num_classes, iterations=iterations)
+        warmup_bias_lr = 0.0  # ultralytics: bias warmup starts at zero under auto
+    kwargs = t.optimizer_kwargs
+    kwargs = dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs or {})
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))
+    return OptimConfig(
+        iters_per_epoch=iters_per_epoch, epochs=int(t.epochs), batch=int(t.batch),
+        optimizer=name, lr0=lr0, lrf=float(t.lrf), momentum=momentum,
+        weight_decay=float(t.weight_decay), nbs=int(t.nbs), warmup_epochs=float(t.warmup_epochs),
+        warmup_min_iters=int(t.warmup_min_iters), warmup_momentum=float(t.warmup_momentum),
+        warmup_bias_lr=warmup_bias_lr, schedule=t.schedule,
+        step_milestones=tuple(t.step_milestones), step_gamma=float(t.step_gamma),
+        grad_clip=float(t.grad_clip), optimizer_kwargs=frozen)
+
+
+def make_optimizer(config, *, iters_per_epoch: int, num_classes: int
+                   ) -> optax.GradientTransformation:
+    """The training recipe of a detjax ``Config`` as one ``optax.GradientTransformation``.
+
+    ``train.optimizer`` is ``sgd``, ``adamw``, ``auto`` (ultralytics' choice by run length,
+    :func:`auto_optimizer`) or an Optax optimiser name with ``train.optimizer_kwargs``; groups,
+    warmup, decay, clipping and accumulation follow ``train.*``. Example::
+
+        tx = make_optimizer(load_config(None, ["train.optimizer=lion"]),
+                            iters_per_epoch=250, num_classes=80)
+        opt_state = tx.init(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+    """
+    return recipe(optimizer_config(config, iters_per_epoch=iters_per_epoch,
+                                   num_classes=num_classes))
+
+
+def describe(config, *, iters_per_epoch: int, num_classes: int) -> str:
+    """One line saying which optimiser the recipe runs (and why, for ``auto``)."""
+    oc = optimizer_config(config, iters_per_epoch=iters_per_epoch, num_classes=num_classes)
+    why = ""
+    if str(config.train.optimizer).lower() == "auto":
+        n = auto_iterations(iters_per_epoch=iters_per_epoch, batch=oc.batch, nbs=oc.nbs,
+                            epochs=oc.epochs)
+        why = f" (auto: {n} iterations {'>' if n > 10000 else '<='} 10000)"
+    extra = f", {dict(oc.optimizer_kwargs)}" if oc.optimizer_kwargs else ""
+    return (f"optimizer: {oc.optimizer}{why}, lr0={oc.lr0:g}, momentum={oc.momentum:g}{extra}; "
+            f"{oc.schedule} decay to lrf={oc.lrf:g}, warmup {max(oc.warmup_iters, 0)} iterations, "
+            f"accumulate {oc.accumulate}, weight_decay {oc.scaled_weight_decay:g}")
+
+
+# ----------------------------------------------------------------------------- reading a state
+
+
+def _find(opt_state, name: str):
+    found = optax.tree_utils.tree_get_all_with_path(
+        opt_state, name, lambda path, v: isinstance(v, jax.Array) and v.ndim == 0)
+    return found[0][1] if found else None
+
+
+def hyperparams(opt_state) -> dict[str, jax.Array]:
+    """``lr``, ``lr_bias`` and ``momentum`` of the last optimiser step, read from an Optax state
+    by name (the ``learning_rate``, ``bias_learning_rate``, ``momentum`` / ``b1`` entries that
+    ``optax.inject_hyperparams`` keeps); NaN where the state has none."""
+    nan = jnp.asarray(jnp.nan, jnp.float32)
+    lr = _find(opt_state, "learning_rate")
+    lr_bias = _find(opt_state, "bias_learning_rate")
+    momentum = _find(opt_state, "momentum")
+    momentum = _find(opt_state, "b1") if momentum is None else momentum
+    f32 = lambda v, default: default if v is None else jnp.asarray(v, jnp.float32)
+    return {"lr": f32(lr, nan), "lr_bias": f32(lr_bias, f32(lr, nan)),
+            "momentum": f32(momentum, nan)}
+
+
+def optimizer_step_taken(old_state, new_state) -> jax.Array:
+    """Whether an update applied an optimiser step: ``optax.MultiSteps`` advanced its
+    ``gradient_step``; any other transformation steps on every update."""
+    if isinstance(new_state, optax.MultiStepsState):
+        return new_state.gradient_step > old_state.gradient_step
+    return jnp.asarray(True)

@@ -1,18 +1,19 @@
-"""The train state pytree: params, BN statistics, optimiser state, EMA copies, counters.
+"""The train state pytree: params, BN statistics, Optax state, EMA copies, counters.
 
-Contract (TRAIN helper, issue 6): ``TrainState`` holds ``params`` (float32 master weights,
-``nnx.Param`` leaves), ``batch_stats`` (``nnx.BatchStat``), ``other`` (any remaining NNX state,
-e.g. RNG counters), ``opt_state``, ``grad_accum`` (summed gradient of the micro-batches since
-the last optimiser step, ``None`` when every iteration is an optimiser step), ``ema_params`` /
-``ema_stats`` and the counters ``step`` (optimiser steps = EMA updates), ``iteration``
-(micro-batches seen, ultralytics ``ni``) and ``last_opt_step``, the float16 dynamic
-loss-scale state, and ``epochs`` (the schedule length; the loop may shorten it to a time limit
-without recompiling). Static parts (the two NNX graph definitions, train and eval mode, and the
-``StepConfig``) are pytree metadata, so ``train_step(state, batch)`` jits with no extra args.
+``TrainState`` holds ``params`` (float32 master weights, ``nnx.Param`` leaves), ``batch_stats``
+(``nnx.BatchStat``), ``other`` (any remaining NNX state, e.g. RNG counters), ``opt_state`` (the
+Optax state of ``StepConfig.tx``, gradient accumulation included when the transformation is an
+``optax.MultiSteps``), ``ema_params`` / ``ema_stats`` and the counters ``step`` (optimiser steps
+= EMA updates), ``iteration`` (micro-batches seen, ultralytics ``ni``), the float16 dynamic
+loss-scale state, and ``epochs`` (the schedule length, passed to the transformation as the
+``epochs`` extra argument, 0 = as built; the loop may shorten it to a time limit without
+recompiling). Static
+parts (the two NNX graph definitions, train and eval mode, and the ``StepConfig``) are pytree
+metadata, so ``train_step(state, batch)`` jits with no extra args.
 
-A model follows the MODELS contract: an ``nnx.Module`` with ``__call__(images)`` -> raw head
-outputs, ``loss(outputs, batch, **hyp) -> (scalar, dict)``, ``predict(outputs) -> [B, 4+C, A]``
-and ``train()`` / ``eval()`` modes.
+The model is an ``nnx.Module`` with ``__call__(images)`` -> raw head outputs,
+``loss(outputs, batch, **hyp) -> (scalar, dict)``, ``predict(outputs) -> [B, 4+C, A]`` and
+``train()`` / ``eval()`` modes.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from typing import Any, Literal
 import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
-
-from detjax.train import optim
 
 Precision = Literal["f32", "bf16", "f16"]
 _PRECISIONS = ("f32", "bf16", "f16")
@@ -35,12 +35,14 @@ _PRECISIONS = ("f32", "bf16", "f16")
 class StepConfig:
     """Static settings of the train step (hashable).
 
+    ``tx`` is the optimiser: any ``optax.GradientTransformation``, called once per micro-batch
+    (``detjax.train.make_optimizer`` builds the ultralytics recipe from a config).
     ``loss_hyp`` are keyword arguments for ``model.loss`` as a tuple of pairs;
     ``loss_times_batch`` multiplies the differentiated loss by the global batch size, as
     ultralytics' detection loss does (``loss.sum() * batch_size``), so ``lr0`` keeps its meaning.
     """
 
-    optim: optim.OptimConfig
+    tx: optax.GradientTransformation
     precision: Precision = "f32"
     ema_decay: float = 0.9999
     ema_tau: float = 2000.0
@@ -50,6 +52,8 @@ class StepConfig:
     loss_scale_growth_interval: int = 2000
 
     def __post_init__(self):
+        if not isinstance(self.tx, optax.GradientTransformation):
+            raise TypeError(f"tx must be an optax.GradientTransformation, got {type(self.tx)}")
         if self.precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {self.precision!r}")
 
@@ -64,12 +68,10 @@ class TrainState:
     batch_stats: Any
     other: Any
     opt_state: Any
-    grad_accum: Any
     ema_params: Any
     ema_stats: Any
     step: jax.Array
     iteration: jax.Array
-    last_opt_step: jax.Array
     loss_scale: jax.Array
     good_steps: jax.Array
     epochs: jax.Array
@@ -91,22 +93,23 @@ def split_model(model: nnx.Module):
     return graphdef, eval_graphdef, params, stats, other
 
 
-def create_train_state(model: nnx.Module, config: StepConfig) -> TrainState:
-    """Initial state: EMA = copy of the model, zero optimiser state, counters at 0."""
+def create_train_state(model: nnx.Module, config: StepConfig, *, epochs: int = 0
+                       ) -> TrainState:
+    """Initial state: EMA = copy of the model, ``config.tx.init(params)``, counters at 0.
+
+    ``epochs``: the schedule length held in the state (see ``TrainState``); 0 keeps the
+    length the optimiser was built with.
+    """
     graphdef, eval_graphdef, params, stats, other = split_model(model)
     copy = lambda t: jax.tree.map(jnp.array, t)
-    accumulates = config.optim.accumulate > 1
     return TrainState(
-        params=params, batch_stats=stats, other=other,
-        opt_state=optim.init(params, config.optim),
-        grad_accum=jax.tree.map(jnp.zeros_like, params) if accumulates else None,
+        params=params, batch_stats=stats, other=other, opt_state=config.tx.init(params),
         ema_params=copy(params), ema_stats=copy(stats),
         step=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
-        last_opt_step=jnp.full((), -1, jnp.int32),
         loss_scale=jnp.asarray(config.init_loss_scale if config.precision == "f16" else 1.0,
                                jnp.float32),
         good_steps=jnp.zeros((), jnp.int32),
-        epochs=jnp.asarray(config.optim.epochs, jnp.int32),
+        epochs=jnp.asarray(epochs, jnp.int32),
         graphdef=graphdef, eval_graphdef=eval_graphdef, config=config)
 
 

@@ -1,19 +1,26 @@
 """Pure ``train_step(state, batch) -> (state, metrics)`` and ``eval_forward(state, images)``,
 with three ways to run them data parallel.
 
-Batch (DATA contract): ``images`` uint8 (or float in 0..1) ``[B, H, W, 3]``, ``boxes`` float32
+Batch: ``images`` uint8 (or float in 0..1) ``[B, H, W, 3]``, ``boxes`` float32
 ``[B, max_boxes, 4]`` xyxy pixels, ``labels`` int32 ``[B, max_boxes]``, ``gt_mask`` bool
 ``[B, max_boxes]``; any other keys pass through to ``model.loss``.
 
-One call is one ultralytics iteration ``ni``: forward + backward on the batch, gradient added
-to the accumulator, and an optimiser step (clip, SGD/AdamW, EMA update) when
-``ni - last_opt_step >= accumulate(ni)`` (``optim.schedule``). BN statistics update every
-iteration; the EMA covers weights and BN statistics.
+One call is one ultralytics iteration ``ni``: forward + backward on the batch, then
+``StepConfig.tx.update(grads, opt_state, params, epochs=state.epochs)`` and
+``optax.apply_updates``. The transformation decides when an optimiser step happens (the recipe
+wraps ``optax.MultiSteps``, which returns zero updates until ``accumulate`` micro-batches are
+summed); the EMA updates on every optimiser step. BN statistics update every iteration; the EMA
+covers weights and BN statistics. Metrics: the loss and its parts, ``lr`` / ``lr_bias`` /
+``momentum`` of the last optimiser step (read from the Optax state, NaN when it keeps none),
+``grad_norm`` (global norm of this iteration's gradient, before clipping), ``optimizer_step``,
+``finite`` and ``loss_scale``.
 
 Precision (``StepConfig.precision``): ``f32``; ``bf16`` casts weights and images to bfloat16
 for the forward/backward while the master weights, optimiser, EMA and loss stay float32 (the
 TPU path); ``f16`` does the same in float16 with dynamic loss scaling (torch ``GradScaler``:
-scale 2**16, halved and the step skipped on a non-finite gradient, doubled after 2000 good steps).
+scale 2**16, halved on a non-finite gradient, doubled after 2000 good optimiser steps). A
+non-finite micro-batch is dropped whole: parameters, optimiser state (so also the accumulated
+gradient) and EMA stay as they were.
 
 Parallelism, all on the same global batch and equal to one device:
 - single device: ``jax.jit(train_step)``;
@@ -26,7 +33,6 @@ A loss normalised inside the batch (ultralytics divides by the batch's ``target_
 equals the single-device value exactly on the ``jit`` path; under ``pmap`` each device
 normalises its own shard, as ultralytics DDP does.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -99,19 +106,13 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None
         grads = jax.lax.pmean(grads, axis_name)
         loss, components = jax.lax.pmean((loss, components), axis_name)
 
-    ni = state.iteration
-    hyper = optim.schedule(ni, cfg.optim, epochs=state.epochs)
-    total = grads if state.grad_accum is None else jax.tree.map(jnp.add, state.grad_accum, grads)
-    do_step = (ni - state.last_opt_step) >= hyper.accumulate
-    finite = _all_finite(total) if cfg.precision == "f16" else jnp.asarray(True)
-    new_params, new_opt, grad_norm = optim.apply_update(
-        total, state.opt_state, state.params, hyper, cfg.optim)
-    apply = do_step & finite
-    params = _tree_where(apply, new_params, state.params)
-    opt_state = _tree_where(apply, new_opt, state.opt_state)
-    grad_accum = None
-    if state.grad_accum is not None:
-        grad_accum = jax.tree.map(lambda t: jnp.where(do_step, jnp.zeros_like(t), t), total)
+    tx = optax.with_extra_args_support(cfg.tx)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params, epochs=state.epochs)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = _all_finite(grads) if cfg.precision == "f16" else jnp.asarray(True)
+    params = _tree_where(finite, new_params, state.params)
+    opt_state = _tree_where(finite, new_opt, state.opt_state)
+    do_step = finite & optim.optimizer_step_taken(state.opt_state, new_opt)
 
     step = state.step + do_step.astype(jnp.int32)  # ultralytics updates the EMA on every step
     ema_params = ema_lib.ema_update(state.ema_params, params, step, decay=cfg.ema_decay,
@@ -123,25 +124,25 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None
 
     loss_scale, good_steps = state.loss_scale, state.good_steps
     if cfg.precision == "f16":
-        grow = do_step & finite & (good_steps + 1 >= cfg.loss_scale_growth_interval)
-        loss_scale = jnp.where(do_step & ~finite, loss_scale * 0.5,
+        grow = do_step & (good_steps + 1 >= cfg.loss_scale_growth_interval)
+        loss_scale = jnp.where(~finite, loss_scale * 0.5,
                                jnp.where(grow, loss_scale * 2.0, loss_scale))
-        good_steps = jnp.where(do_step, jnp.where(finite & ~grow, good_steps + 1, 0), good_steps)
+        good_steps = jnp.where(do_step & ~grow, good_steps + 1,
+                               jnp.where(grow | ~finite, 0, good_steps))
 
     new_state = state.replace(
         params=params, batch_stats=new_stats, other=new_other, opt_state=opt_state,
-        grad_accum=grad_accum, ema_params=ema_params, ema_stats=ema_stats, step=step,
-        iteration=ni + 1, last_opt_step=jnp.where(do_step, ni, state.last_opt_step),
+        ema_params=ema_params, ema_stats=ema_stats, step=step, iteration=state.iteration + 1,
         loss_scale=loss_scale, good_steps=good_steps)
     metrics = {"loss": loss, **{k: jnp.asarray(v, jnp.float32) for k, v in components.items()},
-               "lr": hyper.lr_weight, "lr_bias": hyper.lr_bias, "momentum": hyper.momentum,
-               "grad_norm": grad_norm, "optimizer_step": do_step, "finite": finite,
-               "loss_scale": state.loss_scale}
+               **optim.hyperparams(opt_state), "grad_norm": optax.tree.norm(grads),
+               "optimizer_step": do_step, "finite": finite, "loss_scale": state.loss_scale}
     return new_state, metrics
 
 
 def eval_forward(state: TrainState, images: jax.Array, *, use_ema: bool = True) -> jax.Array:
-    """EMA (or raw) weights in eval mode: images ``[B, H, W, 3]`` -> ``[B, 4 + C, A]`` xywh px."""
+    """EMA (or raw) weights in eval mode: images ``[B, H, W, 3]`` -> ``[B, 4 + C, A]``, boxes
+    ``cxcywh`` pixels (centre, width, height) then class scores."""
     params = state.ema_params if use_ema else state.params
     stats = state.ema_stats if use_ema else state.batch_stats
     model = nnx.merge(state.eval_graphdef, params, stats, state.other)

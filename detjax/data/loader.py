@@ -63,7 +63,8 @@ class LoaderConfig:
       repeat_threshold: LVIS repeat-factor threshold, None for uniform sampling.
       workers: grain worker processes; 0 = in-process.
       seed: the seed of everything random.
-      on_error: "raise" on a bad image, or "skip" (substitute the next image, report it).
+      on_error: "raise" on a bad image, or "skip" (substitute the next image, report it);
+        None (default) = the data set's ``on_error`` (what it was loaded with).
       use_masks: load instance masks where the data set has them: boxes re-fit to the
         visible pixels after geometric ops, copy-paste possible. None (default) = only
         when an op needs them (degrees, shear, copy_paste, cutout, albu_geometric or a
@@ -88,7 +89,7 @@ class LoaderConfig:
     repeat_threshold: float | None = None
     workers: int = 0
     seed: int = 0
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: Literal["raise", "skip"] | None = None
     use_masks: bool | None = None
     partners: Literal["batch", "dataset"] = "batch"
     pipeline: tuple[Any, ...] | None = None
@@ -125,7 +126,7 @@ class LoaderConfig:
                              f"{self.multi_scale_mode!r}")
         if self.partners not in ("batch", "dataset"):
             raise ValueError(f"partners must be 'batch' or 'dataset', got {self.partners!r}")
-        if self.on_error not in ("raise", "skip"):
+        if self.on_error not in ("raise", "skip", None):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
 
@@ -236,10 +237,12 @@ class _BatchMaker:
             j = (i + k) % n
             try:
                 return j, load_sample(self.records[j], use_masks=self.use_masks)
-            except DataError as e:
+            except (DataError, OSError) as e:  # a file that went bad after verification
                 if self.config.on_error == "raise":
                     raise
-                problems.append(f"skipped: {e}")
+                what = str(e) if isinstance(e, DataError) else \
+                    f"{self.records[j].image_path}: {e!r}"
+                problems.append(f"skipped: {what}")
         raise DataError(f"no loadable image among 50 records after index {i}")
 
     def image_size(self, batch: int) -> int:
@@ -309,6 +312,8 @@ class Loader:
                  **overrides: Any):
         config = dataclasses.replace(config or LoaderConfig(), **overrides)
         config.validate()
+        if config.on_error is None:
+            config = dataclasses.replace(config, on_error=getattr(dataset, "on_error", "raise"))
         if len(dataset) == 0:
             raise ValueError("the data set is empty")
         self.dataset = dataset
@@ -398,8 +403,9 @@ class Loader:
     def _note(self, message: str) -> None:
         if "max_boxes" in message:
             self.report.too_many_boxes += 1
-        elif message.startswith("skipped"):
-            self.report.skipped_images += 1
+        elif message.startswith("skipped: "):
+            self.report.skip(message, message[len("skipped: "):].split(": ", 1)[0])
+            return
         self.report.add(message)
 
     def _epoch_offsets(self, last_epoch: int) -> np.ndarray:

@@ -83,7 +83,7 @@ def describe(ds, stats: dict) -> str:
     empty = stats["empty_images"]
     lines += ["", f"images without boxes: {len(empty)}", *(f"  {p}" for p in empty)]
     rep = ds.report
-    lines += ["", "report: " + rep.summary(max_lines=0),
+    lines += ["", "report: " + rep.counts(),
               f"problems ({len(rep.problems)}):", *(f"  {p}" for p in rep.problems)]
     return "\n".join(lines)
 

@@ -83,10 +83,14 @@ class DataReport:
             else:
                 setattr(self, f.name, mine + getattr(other, f.name))
 
-    def summary(self, max_lines: int = 10) -> str:
+    def counts(self) -> str:
+        """The non-zero counters as ``name=value, ...`` (or ``no problems``)."""
         counts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if isinstance(getattr(self, f.name), int) and getattr(self, f.name)}
-        lines = [", ".join(f"{k}={v}" for k, v in counts.items()) or "no problems"]
+        return ", ".join(f"{k}={v}" for k, v in counts.items()) or "no problems"
+
+    def summary(self, max_lines: int = 10) -> str:
+        lines = [self.counts()]
         lines += self.problems[:max_lines]
         if len(self.problems) > max_lines:
             lines.append(f"... and {len(self.problems) - max_lines} more")

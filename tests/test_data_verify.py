@@ -109,6 +109,10 @@ def test_voc_class_names_from_all_annotations_same_for_every_split(tmp_path):
     assert val[0].labels.tolist() == [1]  # raccoon is label 1 in both splits
     given = load_dataset(root, format="voc", split="val", class_names=["raccoon"])
     assert given.class_names == ("raccoon",) and given[0].labels.tolist() == [0]
+    with pytest.warns(UserWarning, match="skipped 5"):  # rot and png hold a 'dog'
+        named = load_dataset(root, format="voc", split="train", class_names=["raccoon"])
+    unknown = [p for p in named.report.problems if "unknown class name(s) ['dog']" in p]
+    assert sorted(os.path.basename(p.split(":")[0]) for p in unknown) == ["png.xml", "rot.xml"]
 
 
 def test_broken_folder_skips_and_reports_every_file(tmp_path):

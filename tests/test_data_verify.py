@@ -190,10 +190,13 @@ def test_loader_survives_a_file_going_bad_after_verification(tmp_path):
     root = broken_voc(tmp_path)
     ds = load_dataset(root, format="voc", split="val")  # on_error="skip" by default
     os.remove(ds[1].image_path)
-    loader = Loader(ds, batch_size=2, image_size=64, augment=False, shuffle=False)
-    [batch] = list(loader.epoch())
+    loader = Loader(ds, batch_size=2, image_size=64, shuffle=False)
+    [batch] = list(loader.epoch())  # training: the next loadable image takes the slot
     assert batch["index"].tolist() == [0, 0] and loader.report.skipped_images == 1
     assert loader.report.skipped_files == [ds[1].image_path]
+    loader = Loader(ds, batch_size=2, image_size=64, augment=False, shuffle=False)
+    [batch] = list(loader.epoch())  # eval: the slot stays empty, nothing counts twice
+    assert batch["index"].tolist() == [0, -1] and batch["image_mask"].tolist() == [True, False]
     strict = load_dataset(root, format="voc", split="val", verify=False, on_error="raise")
     with pytest.raises(DataError, match="ok5.jpg: image file not found"):
         list(Loader(strict, batch_size=2, image_size=64, augment=False).epoch())

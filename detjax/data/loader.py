@@ -200,9 +200,12 @@ class _Context:
         self.cache: dict[int, tuple[int, T.Sample]] = {}
         self.resized: dict[int, T.Sample] = {}
 
-    def load(self, i: int) -> tuple[int, T.Sample]:
+    def load(self, i: int, *, substitute: bool = True) -> tuple[int, T.Sample] | None:
         if i not in self.cache:
-            self.cache[i] = self.maker.load(i, self.problems)
+            loaded = self.maker.load(i, self.problems, substitute=substitute)
+            if loaded is None:
+                return None
+            self.cache[i] = loaded
         return self.cache[i]
 
     def fetch(self, rng: np.random.Generator) -> T.Sample:
@@ -230,10 +233,12 @@ class _BatchMaker:
         self.ops = build_ops(specs) if config.augment else []
         self.use_masks = config.masks_needed()
 
-    def load(self, i: int, problems: list[str]) -> tuple[int, T.Sample]:
-        """Loads record i; with on_error="skip", the next loadable record instead."""
+    def load(self, i: int, problems: list[str], *, substitute: bool = True
+             ) -> tuple[int, T.Sample] | None:
+        """Loads record i; with on_error="skip", the next loadable record instead (or None
+        without ``substitute``)."""
         n = len(self.records)
-        for k in range(min(n, 50)):
+        for k in range(min(n, 50) if substitute else 1):
             j = (i + k) % n
             try:
                 return j, load_sample(self.records[j], use_masks=self.use_masks)
@@ -243,6 +248,8 @@ class _BatchMaker:
                 what = str(e) if isinstance(e, DataError) else \
                     f"{self.records[j].image_path}: {e!r}"
                 problems.append(f"skipped: {what}")
+        if not substitute:
+            return None
         raise DataError(f"no loadable image among 50 records after index {i}")
 
     def image_size(self, batch: int) -> int:
@@ -256,7 +263,11 @@ class _BatchMaker:
     def sample(self, position: int, ctx: _Context):
         cfg = self.config
         size = ctx.size
-        idx, smp = ctx.load(int(self.indices[position]))
+        # eval: a bad image leaves its slot empty (image_mask false), so no image counts twice
+        loaded = ctx.load(int(self.indices[position]), substitute=cfg.augment)
+        if loaded is None:
+            return None
+        idx, smp = loaded
         orig = smp.size
         if not cfg.augment:  # eval: boxes scaled exactly (no mask re-fit), see scale/pad
             smp, scale, pad = T.letterbox(smp, size)
@@ -285,7 +296,10 @@ class _BatchMaker:
             if cfg.partners == "batch" and len(positions) >= 4 else []
         ctx = _Context(self, size, problems, pool)
         for j, pos in enumerate(positions):
-            idx, smp, orig, scale, pad = self.sample(pos, ctx)
+            sampled = self.sample(pos, ctx)
+            if sampled is None:
+                continue
+            idx, smp, orig, scale, pad = sampled
             b, lab, mask, dropped = pad_boxes(smp.boxes, smp.labels, m)
             if dropped:
                 what = " (mosaic/mixup output)" if cfg.augment else ""

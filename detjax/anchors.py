@@ -383,7 +383,7 @@ def load_box_sizes(source: str, *, format: str | None = None, split: str = "trai
                          f"got format {format!r}")
     from detjax.data import load_dataset
 
-    ds = load_dataset(str(source), format=format, split=split)
+    ds = load_dataset(str(source), format=format, split=split, on_error="skip")
     sizes = []
     for i in range(len(ds)):
         rec = ds[i]

@@ -134,13 +134,15 @@ def test_malformed_coco_names_record(tmp_path):
     extra = [{"id": 100, "image_id": 11, "category_id": 3, "bbox": [1, 2, 3]}]
     path = make_coco(str(tmp_path), extra_anns=extra)
     with pytest.raises(DataError, match=r"instances_train.json: annotations\[6\].*im1.png"):
-        load_dataset(str(tmp_path), format="coco")
-    ds = load_dataset(path, format="coco", on_error="skip")
+        load_dataset(str(tmp_path), format="coco", on_error="raise")
+    with pytest.warns(UserWarning, match="skipped 1 bad file"):
+        ds = load_dataset(path, format="coco", on_error="skip")
     assert len(ds) == 2 and ds.report.skipped_images == 1
+    assert ds.report.skipped_files == [str(tmp_path / "images" / "train" / "im1.png")]
     extra = [{"id": 100, "image_id": 11, "category_id": 42, "bbox": [1, 2, 3, 4]}]
     make_coco(str(tmp_path), extra_anns=extra)
     with pytest.raises(DataError, match="unknown category_id 42"):
-        load_dataset(str(tmp_path), format="coco")
+        load_dataset(str(tmp_path), format="coco", on_error="raise")
 
 
 def test_malformed_yolo_line_and_class(tmp_path):
@@ -150,12 +152,14 @@ def test_malformed_yolo_line_and_class(tmp_path):
     label = sorted((tmp_path / "y" / "labels" / "train").iterdir())[1]
     label.write_text(label.read_text() + "0 0.5 0.5 oops 0.1\n")
     with pytest.raises(DataError, match=f"{label.name}:3: non-numeric"):
-        load_dataset(yaml_path, format="yolo")
+        load_dataset(yaml_path, format="yolo", on_error="raise")
     label.write_text("5 0.5 0.5 0.1 0.1\n")
     with pytest.raises(DataError, match=f"{label.name}:1: class '5' not in 0..2"):
-        load_dataset(yaml_path, format="yolo")
-    ds = load_dataset(yaml_path, format="yolo", on_error="skip")
+        load_dataset(yaml_path, format="yolo", on_error="raise")
+    with pytest.warns(UserWarning, match="skipped 1 bad file"):
+        ds = load_dataset(yaml_path, format="yolo", on_error="skip")
     assert len(ds) == 2 and "class '5'" in ds.report.problems[0]
+    assert ds.report.skipped_files == [str(label)]
 
 
 def test_yolo_polygon_labels(tmp_path):
@@ -176,9 +180,11 @@ def test_missing_and_corrupt_images_named(tmp_path):
     imgs = sorted((tmp_path / "y" / "images" / "train").iterdir())
     imgs[0].write_bytes(b"not an image")
     with pytest.raises(DataError, match=f"{imgs[0].name}: cannot read image header"):
-        load_dataset(yaml_path, format="yolo")
-    ds = load_dataset(yaml_path, format="yolo", on_error="skip")
+        load_dataset(yaml_path, format="yolo", on_error="raise")
+    with pytest.warns(UserWarning, match="skipped 1 bad file"):
+        ds = load_dataset(yaml_path, format="yolo", on_error="skip")
     assert len(ds) == 2 and ds.report.skipped_images == 1
+    assert ds.report.skipped_files == [str(imgs[0])]
 
 
 def make_voc(root, objects, split="train"):
@@ -210,7 +216,8 @@ def test_voc_unknown_class_names_error(tmp_path):
                              ("gryphon", 0, (1, 1, 5, 5))])
     with pytest.raises(DataError, match=r"000001.xml: unknown class name\(s\) \['gryphon', "
                                         r"'unicorn'\]"):
-        load_dataset(str(tmp_path), format="voc")
+        load_dataset(str(tmp_path), format="voc", class_names=["dog", "person"],
+                     on_error="raise")
     ds = load_dataset(str(tmp_path), format="voc", class_names=["dog", "unicorn", "gryphon"])
     assert ds[0].labels.tolist() == [0, 1, 2]
 

@@ -154,9 +154,13 @@ def test_bad_image_raise_or_skip(ds, tmp_path):
         list(loader.epoch())
     loader = Loader(broken, batch_size=4, image_size=64, augment=False, shuffle=False,
                     on_error="skip")
-    batch = next(iter(loader.epoch()))
-    assert batch["index"].tolist() == [0, 1, 2, 0]
+    batch = next(iter(loader.epoch()))  # eval: the bad image's slot stays empty
+    assert batch["index"].tolist() == [0, 1, 2, -1]
+    assert batch["image_mask"].tolist() == [True, True, True, False]
     assert loader.report.skipped_images == 1 and "broken.jpg" in loader.report.problems[0]
+    loader = Loader(broken, batch_size=4, image_size=64, shuffle=False, on_error="skip")
+    batch = next(iter(loader.epoch()))  # training: the next loadable image fills it
+    assert batch["index"].tolist() == [0, 1, 2, 0] and batch["image_mask"].all()
 
 
 def test_repeat_factors_against_loop():

@@ -4,11 +4,17 @@ Boxes are float32 ``[n, 4]`` ``xyxy`` absolute pixels (pixel ``(r, c)`` covers
 ``[c, c + 1) x [r, r + 1)``); labels int32 ``[n]``; images uint8 RGB ``[H, W, 3]``.
 
 Data sets
-  ``load_dataset(path, *, format='coco'|'yolo'|'voc', split='train', on_error='raise')``
+  ``load_dataset(path, *, format='coco'|'yolo'|'voc', split='train', class_names=None,
+      on_error='skip', verify=True)``
       -> :class:`DetectionDataset` (``class_names``, ``len()``, ``ds[i]`` -> :class:`Record`
       with ``image_path``, ``image_size`` (h, w), ``boxes``, ``labels``, ``difficult`` (VOC),
       ``mask_path`` / ``segments`` (instance masks), and ``ds.report`` (clipped boxes,
-      dropped zero-area / crowd boxes, skipped images, each problem naming its file).
+      dropped boxes with the reason, skipped images and ``skipped_files``, each problem
+      naming its file). VOC class names default to ``voc_class_names(path)``: the sorted
+      names in all ``Annotations/*.xml``, one list for every split. Every image is decoded
+      up front (``verify_dataset``; EXIF orientation applied; cached by file size and
+      mtime under ``$DETJAX_CACHE/verify``); ``write_report(ds.report, path)`` writes the
+      skipped files and problems as text.
   ``write_dataset(ds, out_dir, *, format='coco'|'yolo', split='train')`` -> annotation path.
   ``synthetic_dataset(split='train', *, num_train=2000, num_val=300, seed=0,
       image_size=256, difficulty=0.5, cache_dir=None)`` -> the embedded default data set
@@ -38,13 +44,15 @@ Augmentations (``Sample(image, boxes, labels, instance_map=None)``; ``rng`` a Nu
   ``epoch_indices``. Registered ops: ``get_op(name, **params)(sample, rng, ctx)``,
   ``OPS``, ``register_op``, ``build_ops``.
 
-Command line: ``detjax data check PATH --format ...`` (statistics and problems of a data
-set), ``detjax data export OUT --format coco|yolo`` (the synthetic set for other tools).
+Command line: ``detjax data check PATH --format ... [--class-names a,b] [--plot PNG]``
+(class counts, objects per image, COCO small/medium/large, images without boxes, every
+problem with its file), ``detjax data export OUT --format coco|yolo`` (the synthetic set
+for other tools).
 
 Nothing heavy is imported until used (albumentations, grain, cv2 load lazily).
 """
 
-from detjax.data.formats import VOC_CLASSES, load_dataset, write_dataset
+from detjax.data.formats import VOC_CLASSES, load_dataset, voc_class_names, write_dataset
 from detjax.data.loader import Loader, LoaderConfig, LoaderState, load_sample, pad_boxes
 from detjax.data.mosaic import copy_paste, mixup, mosaic4
 from detjax.data.ops import OPS, AugmentConfig, build_ops, get_op, register_op
@@ -72,6 +80,7 @@ from detjax.data.transforms import (
     random_hsv,
     resize,
 )
+from detjax.data.verify import verify_dataset, verify_image, write_report
 
 __all__ = [
     "OPS", "SHAPES", "VOC_CLASSES", "AugmentConfig", "DataError", "DataReport",
@@ -81,5 +90,6 @@ __all__ = [
     "epoch_indices", "generate_image", "get_op", "horizontal_flip", "letterbox",
     "load_dataset", "load_instance_map", "load_sample", "mixup", "mosaic4", "pad_boxes",
     "random_affine", "random_hsv", "read_image", "register_op", "repeat_factors", "resize",
-    "synthetic_dataset", "write_dataset",
+    "synthetic_dataset", "verify_dataset", "verify_image", "voc_class_names", "write_dataset",
+    "write_report",
 ]

@@ -20,7 +20,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -42,11 +44,15 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 OnError = Literal["raise", "skip"]
 
 
-def _handle(err: DataError, on_error: OnError, report: DataReport) -> None:
+def _handle(err: DataError, on_error: OnError, report: DataReport,
+            path: str | None = None) -> None:
+    """Raises ``err``, or records the skipped file: ``path``, else the file the message
+    starts with (without a ``:line`` suffix)."""
     if on_error == "raise":
         raise err
-    report.skipped_images += 1
-    report.add(str(err))
+    if path is None:
+        path = re.sub(r":\d+$", "", str(err).split(": ", 1)[0])
+    report.skip(str(err), path)
 
 
 def _check_on_error(on_error: str) -> None:
@@ -144,7 +150,8 @@ def load_coco(path: str, *, split: str = "train", image_dir: str | None = None,
             records.append(_coco_record(im, per_image.get(im.get("id"), []), cat_to_label,
                                         dirs, root, f"{ann_path}: images[{i}]", report))
         except DataError as e:
-            _handle(e, on_error, report)
+            name = im.get("file_name") if isinstance(im, dict) else None
+            _handle(e, on_error, report, os.path.join(dirs[0], name) if name else ann_path)
     return DetectionDataset(records, names, report=report, root=root)
 
 
@@ -373,15 +380,44 @@ def write_yolo(ds: DetectionDataset, out_dir: str, *, split: str = "train",
 
 # ----------------------------------------------------------------------------- VOC
 
+def voc_class_names(path: str) -> tuple[str, ...]:
+    """The class names of a VOC folder: every object ``name`` in every
+    ``Annotations/*.xml``, sorted (Unicode code point order) and unique.
+
+    All annotation files count, whatever split lists them, so every split of a folder gets
+    the same class list (and the same label indices). Files that do not parse are left out
+    here; the split that lists one reports it. For the 20 Pascal classes the sorted order
+    equals :data:`VOC_CLASSES`.
+    """
+    import xml.etree.ElementTree as ET
+
+    ann_dir = os.path.join(path, "Annotations")
+    if not os.path.isdir(ann_dir):
+        raise DataError(f"{ann_dir}: annotation folder not found")
+    names: set[str] = set()
+    for name in os.listdir(ann_dir):
+        if not name.endswith(".xml"):
+            continue
+        try:
+            root = ET.parse(os.path.join(ann_dir, name)).getroot()
+        except (ET.ParseError, OSError):
+            continue
+        names.update(n for n in (o.findtext("name", "").strip()
+                                 for o in root.iter("object")) if n)
+    return tuple(sorted(names))
+
+
 def load_voc(path: str, *, split: str = "train", class_names: Sequence[str] | None = None,
              on_error: OnError = "raise") -> DetectionDataset:
     """Reads Pascal VOC (``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/<split>.txt``).
 
-    ``class_names`` defaults to the 20 VOC classes; an object whose name is not in the
-    list is a DataError naming the file and the names. ``difficult`` is kept as a flag.
+    ``class_names`` (label ``i`` = ``class_names[i]``) defaults to
+    :func:`voc_class_names`: the sorted names found in all of the folder's annotation
+    files, the same list for every split. An object whose name is not in the list is a
+    DataError naming the file and the names. ``difficult`` is kept as a flag.
     """
     _check_on_error(on_error)
-    names = tuple(class_names) if class_names is not None else VOC_CLASSES
+    names = tuple(class_names) if class_names is not None else voc_class_names(path)
     list_path = os.path.join(path, "ImageSets", "Main", f"{split}.txt")
     if not os.path.isfile(list_path):
         raise DataError(f"{list_path}: split list not found")
@@ -399,6 +435,17 @@ def load_voc(path: str, *, split: str = "train", class_names: Sequence[str] | No
     return DetectionDataset(records, names, report=report, root=path)
 
 
+def _voc_image(root: str, fname: str | None, stem: str) -> str:
+    """The image of an annotation: ``JPEGImages/<filename>``, else ``<stem>.<any ext>``."""
+    folder = os.path.join(root, "JPEGImages")
+    if fname and os.path.isfile(os.path.join(folder, os.path.basename(fname))):
+        return os.path.join(folder, os.path.basename(fname))
+    for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
+        if os.path.isfile(os.path.join(folder, stem + ext)):
+            return os.path.join(folder, stem + ext)
+    return os.path.join(folder, os.path.basename(fname) if fname else f"{stem}.jpg")
+
+
 def _voc_record(root: str, stem: str, xml_path: str, names: Sequence[str],
                 report: DataReport, listed_at: str) -> Record:
     import xml.etree.ElementTree as ET
@@ -409,8 +456,7 @@ def _voc_record(root: str, stem: str, xml_path: str, names: Sequence[str],
         raise DataError(f"{xml_path}: annotation not found (listed at {listed_at})") from None
     except ET.ParseError as e:
         raise DataError(f"{xml_path}: malformed XML ({e})") from None
-    fname = tree.findtext("filename") or f"{stem}.jpg"
-    image_path = os.path.join(root, "JPEGImages", fname)
+    image_path = _voc_image(root, (tree.findtext("filename") or "").strip(), stem)
     try:
         size = (int(tree.findtext("size/height")), int(tree.findtext("size/width")))
     except (TypeError, ValueError):
@@ -440,15 +486,46 @@ _WRITERS: dict[str, Callable[..., str]] = {"coco": write_coco, "yolo": write_yol
 
 
 def load_dataset(path: str, *, format: str = "coco", split: str = "train",
+                 class_names: Sequence[str] | None = None, on_error: OnError = "skip",
+                 verify: bool = True, cache_dir: str | None = None,
                  **kwargs) -> DetectionDataset:
-    """Loads a detection data set: ``format`` is ``'coco'``, ``'yolo'`` or ``'voc'``.
+    """Loads and checks a detection data set: ``format`` is ``'coco'``, ``'yolo'`` or ``'voc'``.
 
-    Extra keyword arguments go to the reader (``on_error='raise'|'skip'``,
-    ``image_dir=`` for COCO, ``class_names=`` for VOC).
+    Class names: VOC takes ``class_names`` when given, else the sorted names found in all
+    of the folder's annotation files (:func:`voc_class_names`; every split gets the same
+    list). COCO reads them from the JSON ``categories`` and YOLO from ``data.yaml``; a
+    ``class_names`` given for those must equal the file's list.
+
+    With ``verify`` (default), every image is decoded once up front
+    (:func:`detjax.data.verify.verify_dataset`, cached by file size and modification time
+    under ``cache_dir``, default ``$DETJAX_CACHE/verify``). ``on_error="skip"`` (default)
+    leaves bad files out, lists them in ``ds.report`` (``skipped_files``, ``problems``),
+    warns with their count, and a loader over the data set then also skips an image that
+    goes bad later; ``"raise"`` stops at the first bad file (DataError naming it). A
+    missing split or annotation file is an error either way. Extra keyword arguments go
+    to the reader (``image_dir=`` for COCO).
     """
     if format not in _LOADERS:
         raise ValueError(f"format must be one of {tuple(_LOADERS)}, got {format!r}")
-    return _LOADERS[format](path, split=split, **kwargs)
+    if format == "voc":
+        kwargs["class_names"] = class_names
+    ds = _LOADERS[format](path, split=split, on_error=on_error, **kwargs)
+    if format != "voc" and class_names is not None \
+            and tuple(str(c) for c in class_names) != ds.class_names:
+        raise DataError(f"{path}: class_names {list(class_names)} differ from the data set's "
+                        f"{list(ds.class_names)} (COCO and YOLO read theirs from the files)")
+    if verify:
+        from detjax.data.verify import verify_dataset
+
+        key = f"{format}:{os.path.abspath(path)}:{split}"
+        ds = verify_dataset(ds, on_error=on_error, cache_key=key, cache_dir=cache_dir)
+    ds.on_error = on_error
+    skipped = ds.report.skipped_files
+    if skipped:
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        warnings.warn(f"{path} ({split}): skipped {len(skipped)} bad file(s): "
+                      f"{', '.join(skipped[:3])}{more}; see ds.report", stacklevel=2)
+    return ds
 
 
 def write_dataset(ds: DetectionDataset, out_dir: str, *, format: str = "coco",

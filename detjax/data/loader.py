@@ -63,7 +63,8 @@ class LoaderConfig:
       repeat_threshold: LVIS repeat-factor threshold, None for uniform sampling.
       workers: grain worker processes; 0 = in-process.
       seed: the seed of everything random.
-      on_error: "raise" on a bad image, or "skip" (substitute the next image, report it).
+      on_error: "raise" on a bad image, or "skip" (substitute the next image, report it);
+        None (default) = the data set's ``on_error`` (what it was loaded with).
       use_masks: load instance masks where the data set has them: boxes re-fit to the
         visible pixels after geometric ops, copy-paste possible. None (default) = only
         when an op needs them (degrees, shear, copy_paste, cutout, albu_geometric or a
@@ -88,7 +89,7 @@ class LoaderConfig:
     repeat_threshold: float | None = None
     workers: int = 0
     seed: int = 0
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: Literal["raise", "skip"] | None = None
     use_masks: bool | None = None
     partners: Literal["batch", "dataset"] = "batch"
     pipeline: tuple[Any, ...] | None = None
@@ -125,7 +126,7 @@ class LoaderConfig:
                              f"{self.multi_scale_mode!r}")
         if self.partners not in ("batch", "dataset"):
             raise ValueError(f"partners must be 'batch' or 'dataset', got {self.partners!r}")
-        if self.on_error not in ("raise", "skip"):
+        if self.on_error not in ("raise", "skip", None):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
 
 
@@ -199,9 +200,12 @@ class _Context:
         self.cache: dict[int, tuple[int, T.Sample]] = {}
         self.resized: dict[int, T.Sample] = {}
 
-    def load(self, i: int) -> tuple[int, T.Sample]:
+    def load(self, i: int, *, substitute: bool = True) -> tuple[int, T.Sample] | None:
         if i not in self.cache:
-            self.cache[i] = self.maker.load(i, self.problems)
+            loaded = self.maker.load(i, self.problems, substitute=substitute)
+            if loaded is None:
+                return None
+            self.cache[i] = loaded
         return self.cache[i]
 
     def fetch(self, rng: np.random.Generator) -> T.Sample:
@@ -229,17 +233,23 @@ class _BatchMaker:
         self.ops = build_ops(specs) if config.augment else []
         self.use_masks = config.masks_needed()
 
-    def load(self, i: int, problems: list[str]) -> tuple[int, T.Sample]:
-        """Loads record i; with on_error="skip", the next loadable record instead."""
+    def load(self, i: int, problems: list[str], *, substitute: bool = True
+             ) -> tuple[int, T.Sample] | None:
+        """Loads record i; with on_error="skip", the next loadable record instead (or None
+        without ``substitute``)."""
         n = len(self.records)
-        for k in range(min(n, 50)):
+        for k in range(min(n, 50) if substitute else 1):
             j = (i + k) % n
             try:
                 return j, load_sample(self.records[j], use_masks=self.use_masks)
-            except DataError as e:
+            except (DataError, OSError) as e:  # a file that went bad after verification
                 if self.config.on_error == "raise":
                     raise
-                problems.append(f"skipped: {e}")
+                what = str(e) if isinstance(e, DataError) else \
+                    f"{self.records[j].image_path}: {e!r}"
+                problems.append(f"skipped: {what}")
+        if not substitute:
+            return None
         raise DataError(f"no loadable image among 50 records after index {i}")
 
     def image_size(self, batch: int) -> int:
@@ -253,7 +263,11 @@ class _BatchMaker:
     def sample(self, position: int, ctx: _Context):
         cfg = self.config
         size = ctx.size
-        idx, smp = ctx.load(int(self.indices[position]))
+        # eval: a bad image leaves its slot empty (image_mask false), so no image counts twice
+        loaded = ctx.load(int(self.indices[position]), substitute=cfg.augment)
+        if loaded is None:
+            return None
+        idx, smp = loaded
         orig = smp.size
         if not cfg.augment:  # eval: boxes scaled exactly (no mask re-fit), see scale/pad
             smp, scale, pad = T.letterbox(smp, size)
@@ -282,7 +296,10 @@ class _BatchMaker:
             if cfg.partners == "batch" and len(positions) >= 4 else []
         ctx = _Context(self, size, problems, pool)
         for j, pos in enumerate(positions):
-            idx, smp, orig, scale, pad = self.sample(pos, ctx)
+            sampled = self.sample(pos, ctx)
+            if sampled is None:
+                continue
+            idx, smp, orig, scale, pad = sampled
             b, lab, mask, dropped = pad_boxes(smp.boxes, smp.labels, m)
             if dropped:
                 what = " (mosaic/mixup output)" if cfg.augment else ""
@@ -309,6 +326,8 @@ class Loader:
                  **overrides: Any):
         config = dataclasses.replace(config or LoaderConfig(), **overrides)
         config.validate()
+        if config.on_error is None:
+            config = dataclasses.replace(config, on_error=getattr(dataset, "on_error", "raise"))
         if len(dataset) == 0:
             raise ValueError("the data set is empty")
         self.dataset = dataset
@@ -398,8 +417,9 @@ class Loader:
     def _note(self, message: str) -> None:
         if "max_boxes" in message:
             self.report.too_many_boxes += 1
-        elif message.startswith("skipped"):
-            self.report.skipped_images += 1
+        elif message.startswith("skipped: "):
+            self.report.skip(message, message[len("skipped: "):].split(": ", 1)[0])
+            return
         self.report.add(message)
 
     def _epoch_offsets(self, last_epoch: int) -> np.ndarray:

@@ -59,26 +59,38 @@ class DataReport:
     """What loading fixed or skipped, with the file (and record/line) for each problem."""
 
     clipped_boxes: int = 0
-    dropped_zero_area: int = 0
+    dropped_zero_area: int = 0  # every dropped box: inverted, outside, zero area, NaN
     dropped_crowd: int = 0
     skipped_images: int = 0
     too_many_boxes: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
+    skipped_files: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, message: str) -> None:
         self.problems.append(message)
 
+    def skip(self, message: str, path: str) -> None:
+        """Counts a skipped image (or annotation file) ``path`` and records why."""
+        self.skipped_images += 1
+        self.skipped_files.append(path)
+        self.problems.append(message)
+
     def merge(self, other: DataReport) -> None:
         for f in dataclasses.fields(self):
-            if f.name == "problems":
-                self.problems.extend(other.problems)
+            mine = getattr(self, f.name)
+            if isinstance(mine, list):
+                mine.extend(getattr(other, f.name))
             else:
-                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+                setattr(self, f.name, mine + getattr(other, f.name))
+
+    def counts(self) -> str:
+        """The non-zero counters as ``name=value, ...`` (or ``no problems``)."""
+        counts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if isinstance(getattr(self, f.name), int) and getattr(self, f.name)}
+        return ", ".join(f"{k}={v}" for k, v in counts.items()) or "no problems"
 
     def summary(self, max_lines: int = 10) -> str:
-        counts = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                  if f.name != "problems" and getattr(self, f.name)}
-        lines = [", ".join(f"{k}={v}" for k, v in counts.items()) or "no problems"]
+        lines = [self.counts()]
         lines += self.problems[:max_lines]
         if len(self.problems) > max_lines:
             lines.append(f"... and {len(self.problems) - max_lines} more")
@@ -86,14 +98,23 @@ class DataReport:
 
 
 class DetectionDataset(Sequence[Record]):
-    """A list of :class:`Record` with ``class_names`` and a load :class:`DataReport`."""
+    """A list of :class:`Record` with ``class_names`` and a load :class:`DataReport`.
+
+    ``on_error`` ("raise" or "skip") is what a loader does by default when one of its
+    images fails to decode later (it was loaded with this setting).
+    """
 
     def __init__(self, records: Sequence[Record], class_names: Sequence[str], *,
-                 report: DataReport | None = None, root: str | None = None):
+                 report: DataReport | None = None, root: str | None = None,
+                 on_error: str = "raise"):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.records = list(records)
         self.class_names = tuple(str(c) for c in class_names)
         self.report = report if report is not None else DataReport()
         self.root = root
+        self.on_error = on_error
+        self.verify_stats: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -101,7 +122,7 @@ class DetectionDataset(Sequence[Record]):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return DetectionDataset(self.records[index], self.class_names,
-                                    report=self.report, root=self.root)
+                                    report=self.report, root=self.root, on_error=self.on_error)
         return self.records[index]
 
     def __iter__(self) -> Iterator[Record]:
@@ -121,8 +142,9 @@ def sanitize_boxes(boxes: np.ndarray, image_size: tuple[int, int], *, where: str
                    report: DataReport) -> tuple[np.ndarray, np.ndarray]:
     """Clips ``[n, 4]`` xyxy boxes to the image; returns (bool keep mask ``[n]``, clipped boxes).
 
-    Boxes that leave the image are clipped and counted; boxes with zero area after
-    clipping (or NaN coordinates) are dropped, counted and named by ``where``.
+    Boxes that leave the image are clipped and counted. Dropped, counted and named by
+    ``where`` with the reason: inverted (``x2 < x1`` or ``y2 < y1``), outside the image
+    (no area left after clipping), zero area, or non-finite coordinates.
     """
     h, w = image_size
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -135,8 +157,14 @@ def sanitize_boxes(boxes: np.ndarray, image_size: tuple[int, int], *, where: str
     report.clipped_boxes += int((changed & ok).sum())
     n_bad = int((~ok).sum())
     if n_bad:
+        inverted = finite & ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+        flat = finite & ~inverted & ((boxes[:, 2] == boxes[:, 0]) | (boxes[:, 3] == boxes[:, 1]))
+        outside = ~ok & finite & ~inverted & ~flat
+        reasons = {"inverted": inverted, "outside the image": outside, "zero area": flat,
+                   "non-finite": ~finite}
+        why = ", ".join(f"{int(m.sum())} {k}" for k, m in reasons.items() if m.any())
         report.dropped_zero_area += n_bad
-        report.add(f"{where}: dropped {n_bad} zero-area or invalid box(es)")
+        report.add(f"{where}: dropped {n_bad} box(es): {why}")
     boxes[:] = clipped
     return ok, boxes
 

@@ -427,7 +427,23 @@ def _parser() -> argparse.ArgumentParser:
                    help="k-means start: 1 - IoU (fast) or YOLOv5's whitened Euclidean")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, metavar="PNG", help="save a (w, h) scatter here")
+    p.add_argument("--levels", type=int, default=3,
+                   help="feature levels the anchors are split over (by area, strides ascending)")
+    p.add_argument("--save", default=None, metavar="YAML",
+                   help="write model.head_kwargs.anchors to this config file (detjax train FILE)")
     return p
+
+
+def anchors_per_level(anchors: np.ndarray, levels: int) -> list[list[list[float]]]:
+    """``[K, 2]`` (w, h) anchors sorted by area -> ``levels`` lists of ``K / levels`` ``[w, h]``
+    pairs (smallest first, for strides ascending), rounded to 0.1 px: the format of
+    ``model.head_kwargs.anchors`` (:class:`detjax.models.RetinaHead`, ``ATSSHead``)."""
+    if levels < 1 or len(anchors) % levels:
+        raise ValueError(f"{len(anchors)} anchors cannot be split evenly over {levels} levels")
+    order = np.argsort(anchors.prod(1), kind="stable")
+    pairs = [[round(float(w), 1), round(float(h), 1)] for w, h in anchors[order]]
+    k = len(pairs) // levels
+    return [pairs[i * k:(i + 1) * k] for i in range(levels)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,7 +469,27 @@ def main(argv: list[str] | None = None) -> int:
     print("  " + ",  ".join(f"{w:.0f},{h:.0f}" for w, h in anchors))
     print(f"fitness {float(r.fitness):.4f}  BPR {float(r.bpr):.4f}  "
           f"anchors/target {float(r.aat):.2f}  mean IoU {float(r.mean_iou):.4f}")
+    try:
+        per_level = anchors_per_level(anchors, args.levels)
+    except ValueError as e:
+        per_level = None
+        print(f"(not written as model.head_kwargs.anchors: {e})")
+    if per_level is not None:
+        print(f"model.head_kwargs.anchors: {per_level}")
     if args.plot:
         plot_anchors(wh, anchors, args.plot)
         print(f"plot: {args.plot}")
+    if args.save:
+        if per_level is None:
+            print(f"detjax anchors: --save needs --num-anchors divisible by --levels "
+                  f"({args.num_anchors} / {args.levels})", file=sys.stderr)
+            return 2
+        import yaml
+
+        Path(args.save).write_text(
+            f"# detjax anchors {args.source}: {args.num_anchors} anchors over {args.levels} "
+            f"levels (fitness {float(r.fitness):.4f}, BPR {float(r.bpr):.4f})\n"
+            + yaml.safe_dump({"model": {"head_kwargs": {"anchors": per_level}}},
+                             default_flow_style=None))
+        print(f"saved: {args.save}")
     return 0

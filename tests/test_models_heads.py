@@ -267,3 +267,101 @@ def test_dfl_predict_feeds_non_max_suppression():
     assert int(dets.count[0]) == 1
     np.testing.assert_allclose(dets.detections[0, 0], [12, 20, 44, 36, 1 / (1 + math.exp(-5)), 2],
                                rtol=1e-5, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- fitted anchors
+
+FITTED = [[[10.0, 13.0], [16.0, 30.0], [33.0, 23.0]],  # YOLOv5's P3-P5 anchors, a list per level
+          [[30.0, 61.0], [62.0, 45.0], [59.0, 119.0]],
+          [[116.0, 90.0], [156.0, 198.0], [373.0, 326.0]]]
+
+
+def _anchor_oracle(level_shapes, sizes):
+    """xyxy anchors from the definition: per level, per cell (row-major), per (w, h) pair,
+    centred on the cell corner (col, row) * stride."""
+    rows = []
+    for (h, w), stride, level in zip(level_shapes, STRIDES, sizes):
+        for row in range(h):
+            for col in range(w):
+                for aw, ah in level:
+                    cx, cy = col * stride, row * stride
+                    rows.append([cx - aw / 2, cy - ah / 2, cx + aw / 2, cy + ah / 2])
+    return np.array(rows, np.float32)
+
+
+def test_retina_head_uses_exactly_the_given_anchors():
+    head = RetinaHead(CHANNELS, NC, STRIDES, anchors=FITTED, rngs=nnx.Rngs(0))
+    out = _raw(head)
+    anchors = np.asarray(head.anchors(out.level_shapes))
+    np.testing.assert_array_equal(anchors, _anchor_oracle(out.level_shapes, FITTED))
+    wh = anchors[:, 2:] - anchors[:, :2]
+    start = 0
+    for (h, w), level in zip(out.level_shapes, FITTED):  # every cell: exactly these sizes
+        n = h * w * len(level)
+        np.testing.assert_array_equal(wh[start:start + n].reshape(h * w, -1, 2),
+                                      np.broadcast_to(np.array(level, np.float32),
+                                                      (h * w, len(level), 2)))
+        start += n
+    assert out.preds["scores"].shape[1] == len(anchors) and head.num_anchors == 3
+    # zero deltas decode to the anchors themselves
+    zero = out.replace(preds={**out.preds, "deltas": jnp.zeros_like(out.preds["deltas"])})
+    pred = np.asarray(head.predict(zero))[0]
+    np.testing.assert_allclose(pred[2:4].T, wh, rtol=1e-6)
+    one_image = {k: v[:1] for k, v in _batch().items()}
+    assert np.isfinite(float(head.loss(out, one_image)[0]))
+
+
+def test_atss_head_uses_exactly_the_given_anchor_per_level():
+    sizes = [[[12.0, 20.0]], [[40.0, 28.0]], [[90.0, 150.0]]]
+    head = ATSSHead(CHANNELS, NC, STRIDES, anchors=sizes, rngs=nnx.Rngs(0))
+    out = _raw(head)
+    anchors, strides = head.anchors(out.level_shapes)
+    np.testing.assert_array_equal(np.asarray(anchors), _anchor_oracle(out.level_shapes, sizes))
+    assert anchors.shape[0] == strides.shape[0] == out.preds["scores"].shape[1]
+    one_image = {k: v[:1] for k, v in _batch().items()}
+    assert np.isfinite(float(head.loss(out, one_image)[0]))
+    with pytest.raises(ValueError, match="1 anchor"):
+        ATSSHead(CHANNELS, NC, STRIDES, anchors=FITTED, rngs=nnx.Rngs(0))
+
+
+def test_detector_takes_anchors_from_head_kwargs():
+    model = create_model("yolov8n", num_classes=NC, head="retina",
+                         head_kwargs={"anchors": FITTED}, rngs=nnx.Rngs(0))
+    pred = nnx.eval_shape(lambda m, x: m.predict(m(x)), model, jnp.zeros((1, 64, 64, 3)))
+    assert pred.shape == (1, 4 + NC, (8 * 8 + 4 * 4 + 2 * 2) * 3)  # shapes only: no compile
+    assert model.head.anchor_sizes == tuple(tuple(map(tuple, level)) for level in FITTED)
+
+
+@pytest.mark.parametrize("anchors,match", [
+    (FITTED[:2], "3 levels"),
+    ([FITTED[0], FITTED[1][:2], FITTED[2]], "same number"),
+    ([[[10.0, -1.0]]] * 3, "positive"),
+    ([[10.0, 13.0]] * 3, "list per level"),
+])
+def test_bad_anchors_are_rejected(anchors, match):
+    with pytest.raises(ValueError, match=match):
+        RetinaHead(CHANNELS, NC, STRIDES, anchors=anchors, rngs=nnx.Rngs(0))
+
+
+def test_anchors_cli_output_feeds_the_head(tmp_path, capsys):
+    from detjax.anchors import main as anchors_main
+    from detjax.config import load_config
+
+    rng = np.random.default_rng(0)
+    wh = np.exp(rng.normal(np.log(40), 0.6, (300, 2))).astype(np.float32)
+    np.save(tmp_path / "wh.npy", wh)
+    saved = tmp_path / "anchors.yaml"
+    assert anchors_main([str(tmp_path / "wh.npy"), "-n", "6", "--levels", "3",
+                         "--generations", "30", "--save", str(saved)]) == 0
+    out = capsys.readouterr().out
+    cfg = load_config(saved)
+    anchors = cfg.model.head_kwargs.to_dict()["anchors"]
+    assert f"model.head_kwargs.anchors: {anchors}" in out
+    assert [len(level) for level in anchors] == [2, 2, 2]
+    areas = [w * h for level in anchors for w, h in level]
+    assert areas == sorted(areas)
+    head = RetinaHead(CHANNELS, NC, STRIDES, anchors=anchors, rngs=nnx.Rngs(0))
+    boxes = np.asarray(head.anchors(((8, 8), (4, 4), (2, 2))))
+    np.testing.assert_array_equal(boxes, _anchor_oracle(((8, 8), (4, 4), (2, 2)), anchors))
+    assert anchors_main([str(tmp_path / "wh.npy"), "-n", "4", "--generations", "5",
+                         "--save", str(tmp_path / "x.yaml")]) == 2

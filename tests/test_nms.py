@@ -7,6 +7,7 @@ fills the rest) so that each test compiles only a few times on a 2-core CPU.
 
 from __future__ import annotations
 
+import importlib
 import math
 from functools import partial
 
@@ -18,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import detjax
+from detjax.boxes import box_convert
 from detjax.nms import (
     batched_nms,
     diou_nms,
@@ -26,6 +28,7 @@ from detjax.nms import (
     soft_nms,
 )
 
+nms_module = importlib.import_module("detjax.nms")  # detjax.nms is the function
 N_PAD = 48  # every hypothesis example is padded to this many boxes
 THRESHOLDS = st.sampled_from([0.1, 0.3, 0.45, 0.5, 0.7, 0.9])
 
@@ -622,3 +625,123 @@ def test_non_max_suppression_parity_ultralytics(kwargs):
     expected = ultra_nms.non_max_suppression(torch.from_numpy(pred), **kwargs)
     result = jax.jit(partial(non_max_suppression, **kwargs))(pred)
     check_detections(result, [e.numpy() for e in expected])
+
+
+# ----------------------------------------------------------------------------------------
+# non_max_suppression: candidate buffers and NMS methods
+# ----------------------------------------------------------------------------------------
+
+
+def crowded_prediction(rng: np.random.Generator, batch: int = 2, num_classes: int = 3,
+                       num_anchors: int = 600) -> np.ndarray:
+    """[B, 4 + C, A] head output whose max class scores spread evenly over (0, 1)."""
+    return yolo_prediction(rng, batch, num_classes, num_anchors)
+
+
+@pytest.mark.parametrize("conf_thres", [0.99, 0.9, 0.6, 0.05])
+def test_non_max_suppression_candidate_buffers_match_oracle(conf_thres):
+    # 600 anchors: a buffer of 128 (<= A / 4), else all anchors; the thresholds put ~6, ~60,
+    # ~240 and ~570 candidates per image.
+    pred = crowded_prediction(np.random.default_rng(21))
+    counts = (pred[:, 4:].max(1) > np.float32(conf_thres)).sum(1)
+    assert nms_module._candidate_sizes(600, 30000) == [128]
+    result = jax.jit(partial(non_max_suppression, conf_thres=conf_thres, max_det=50))(pred)
+    check_detections(result, np_postprocess(pred, conf_thres, 0.45, max_det=50))
+    assert counts.max() > 0
+
+
+def test_non_max_suppression_buffer_sizes():
+    assert nms_module._candidate_sizes(8400, 30000) == [2048]
+    assert nms_module._candidate_sizes(8400, 1000) == [512]
+    assert nms_module._candidate_sizes(2100, 30000) == [512]
+    assert nms_module._candidate_sizes(500, 30000) == []
+
+
+def test_non_max_suppression_buffers_with_nan_and_ties():
+    rng = np.random.default_rng(22)
+    pred = crowded_prediction(rng, batch=3, num_anchors=1100)  # a buffer of 128
+    pred[:, 4:] = np.round(pred[:, 4:] * 16) / 16  # many equal scores, equal best classes
+    pred[0, 0, :50] = np.nan  # NaN boxes: never kept
+    pred[1, 6, 100:140] = np.nan  # NaN class scores: never candidates
+    for conf in (0.9, 0.7, 0.05):
+        r = jax.jit(partial(non_max_suppression, conf_thres=conf, max_det=40))(pred)
+        check_detections(r, np_postprocess(pred, conf, 0.45, max_det=40))
+
+
+def np_soft_postprocess(pred, conf_thres, iou_thres, method, sigma, min_score, max_det):
+    """Single-label candidates as ultralytics, then soft-NMS on class-offset boxes."""
+    out = []
+    for p in pred.astype(np.float32):
+        xywh, cls = p[:4].T, p[4:].T
+        boxes = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+        keep = cls.max(1) > np.float32(conf_thres)
+        boxes, label, score = boxes[keep], cls[keep].argmax(1), cls[keep].max(1)
+        offset = (label * np.float32(7680)).astype(np.float32)[:, None]
+        idx, decayed = np_soft_nms(boxes + offset, score, method, sigma, iou_thres, min_score)
+        idx, decayed = idx[:max_det], decayed[:max_det]
+        out.append(np.concatenate([boxes[idx], decayed[:, None], label[idx, None]], 1))
+    return out
+
+
+@pytest.mark.parametrize("method", ["soft_linear", "soft_gaussian"])
+@pytest.mark.parametrize("conf_thres", [0.9, 0.75])  # ~60 (the 128 buffer), ~150 candidates
+def test_non_max_suppression_soft_methods_match_oracle(method, conf_thres):
+    pred = crowded_prediction(np.random.default_rng(23))
+    f = jax.jit(partial(non_max_suppression, conf_thres=conf_thres, iou_thres=0.3, max_det=40,
+                        method=method, soft_sigma=0.5, soft_min_score=0.05))
+    r = f(pred)
+    expected = np_soft_postprocess(pred, conf_thres, 0.3, method.removeprefix("soft_"), 0.5,
+                                   0.05, 40)
+    for b, rows in enumerate(expected):
+        count = int(r.count[b])
+        assert count == len(rows)
+        got = np.asarray(r.detections[b, :count])
+        np.testing.assert_array_equal(got[:, [0, 1, 2, 3, 5]], rows[:, [0, 1, 2, 3, 5]])
+        np.testing.assert_allclose(got[:, 4], rows[:, 4], rtol=1e-5)
+        assert np.all(np.diff(got[:, 4]) <= 0)
+
+
+def test_non_max_suppression_soft_equals_standalone_soft_nms():
+    pred = crowded_prediction(np.random.default_rng(24), batch=1, num_anchors=400)
+    r = non_max_suppression(pred, conf_thres=0.5, iou_thres=0.5, method="soft_gaussian",
+                            soft_sigma=0.3, max_det=30, agnostic=True)
+    p = pred[0]
+    xyxy = np.asarray(box_convert(jnp.asarray(p[:4].T), "cxcywh", "xyxy"))
+    score = p[4:].max(0)
+    ok = score > np.float32(0.5)
+    s = soft_nms(xyxy[ok], score[ok], method="gaussian", sigma=0.3, iou_threshold=0.5,
+                 min_score=0.001, max_output=30)
+    anchors = np.nonzero(ok)[0][kept(s)]
+    np.testing.assert_array_equal(np.asarray(r.indices[0, : int(r.count[0])]), anchors)
+    np.testing.assert_allclose(np.asarray(r.detections[0, : int(r.count[0]), 4]),
+                               np.asarray(s.scores)[: int(s.count)], rtol=1e-6)
+
+
+@pytest.mark.parametrize("conf_thres", [0.9, 0.75])  # ~60 (the 128 buffer), ~150 candidates
+def test_non_max_suppression_diou_equals_standalone_diou_nms(conf_thres):
+    pred = crowded_prediction(np.random.default_rng(25))
+    r = jax.jit(partial(non_max_suppression, conf_thres=conf_thres, iou_thres=0.4,
+                        method="diou", max_det=60))(pred)
+    for b in range(pred.shape[0]):
+        p = pred[b]
+        xyxy = np.asarray(box_convert(jnp.asarray(p[:4].T), "cxcywh", "xyxy"))
+        score, label = p[4:].max(0), p[4:].argmax(0)
+        ok = score > np.float32(conf_thres)
+        shifted = xyxy[ok] + (label[ok] * np.float32(7680)).astype(np.float32)[:, None]
+        d = diou_nms(shifted, score[ok], iou_threshold=0.4, max_output=60)
+        np.testing.assert_array_equal(np.asarray(r.indices[b, : int(r.count[b])]),
+                                      np.nonzero(ok)[0][kept(d)])
+        g = np_greedy(shifted, score[ok], 0.4, overlap=np_diou)[:60]
+        np.testing.assert_array_equal(kept(d), g)
+
+
+def test_non_max_suppression_diou_keeps_more_than_greedy_in_crowds():
+    pred = crowded_prediction(np.random.default_rng(26), batch=1, num_anchors=300)
+    greedy = non_max_suppression(pred, conf_thres=0.2, iou_thres=0.5)
+    diou = non_max_suppression(pred, conf_thres=0.2, iou_thres=0.5, method="diou")
+    assert int(diou.count[0]) >= int(greedy.count[0])
+
+
+def test_non_max_suppression_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method must be one of"):
+        non_max_suppression(jnp.zeros((1, 6, 10)), method="soft")

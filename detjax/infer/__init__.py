@@ -1,4 +1,5 @@
-"""Inference: predict on images, sliced (SAHI-style) inference, flip/scale TTA, box fusion.
+"""Inference: predict on images, sliced (SAHI-style) inference, flip/scale TTA, box fusion and
+ensembles (WBF, NMS, soft-NMS).
 
 Names resolve lazily so ``import detjax.infer`` does no work.
 """
@@ -19,6 +20,8 @@ _LAZY = {
     "scale_image": "detjax.infer.tta",
     "descale_predictions": "detjax.infer.tta",
     "weighted_boxes_fusion": "detjax.infer.fusion",
+    "fuse_detections": "detjax.infer.fusion",
+    "fuse_images": "detjax.infer.fusion",
 }
 
 

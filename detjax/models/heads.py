@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
 
 from detjax.anchors import make_anchor_boxes, make_anchor_points
@@ -169,11 +170,52 @@ def _feat_width(in_channels: tuple[int, ...], num_classes: int) -> int:
     return max(in_channels[0], min(num_classes, 100))
 
 
+AnchorSizes = tuple[tuple[tuple[float, float], ...], ...]  # per level, per anchor: (w, h)
+
+
+def check_anchor_sizes(anchors: Any, num_levels: int, per_level: int | None = None
+                       ) -> AnchorSizes:
+    """Anchor sizes as ``detjax anchors`` writes them (a list per level, strides ascending,
+    of ``[w, h]`` pixel pairs, the same count on every level) -> nested tuples."""
+    try:
+        levels = tuple(tuple((float(w), float(h)) for w, h in level) for level in anchors)
+    except (TypeError, ValueError):
+        raise ValueError(f"anchors must be a list per level of [w, h] pairs, got {anchors!r}"
+                         ) from None
+    counts = {len(level) for level in levels}
+    if len(levels) != num_levels or len(counts) != 1 or 0 in counts:
+        raise ValueError(f"anchors must give {num_levels} levels (one per stride) with the "
+                         f"same number of [w, h] pairs each, got {[len(x) for x in levels]}")
+    if per_level is not None and counts != {per_level}:
+        raise ValueError(f"this head takes {per_level} anchor(s) per level, got "
+                         f"{counts.pop()}")
+    if not all(w > 0 and h > 0 for level in levels for w, h in level):
+        raise ValueError(f"anchor sizes must be positive, got {levels}")
+    return levels
+
+
+def anchor_boxes_from_sizes(feature_shapes: tuple[tuple[int, int], ...],
+                            strides: tuple[int, ...], sizes: AnchorSizes) -> jax.Array:
+    """xyxy anchor boxes ``[A, 4]`` pixels with the given ``(w, h)`` per level, centred on
+    cell corners ``(col, row) * stride`` (the offset of :func:`make_anchor_boxes`),
+    location-major then anchor, like :func:`detjax.anchors.make_anchor_boxes`."""
+    out = []
+    for (h, w), stride, wh in zip(feature_shapes, strides, sizes):
+        half = np.asarray(wh, np.float64) / 2  # [k, 2]
+        base = np.concatenate([-half, half], axis=1)  # [k, 4]
+        ys, xs = np.meshgrid(np.arange(int(h)), np.arange(int(w)), indexing="ij")
+        shifts = np.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4) * stride
+        out.append((shifts + base[None]).reshape(-1, 4))
+    return jnp.asarray(np.concatenate(out), jnp.float32)
+
+
 class RetinaHead(_TwoBranchHead):
     """Anchor-based RetinaNet head (Lin et al. 2017) on the YOLOv8 neck.
 
     ``ratios x octave_scales`` anchors per location (default 3 x 3 = 9, mmdet/torchvision
-    RetinaNet: size ``stride * base_scale * 2**(i/3)``, ratios 0.5/1/2, corners of cells).
+    RetinaNet: size ``stride * base_scale * 2**(i/3)``, ratios 0.5/1/2, corners of cells),
+    or exactly the ``anchors`` given: a list per level of ``[w, h]`` pixel pairs, the format
+    ``detjax anchors`` writes (``model.head_kwargs.anchors``; ratios and scales then unused).
     ``preds``: ``'scores'`` ``[B, A, C]`` logits (bias prior 0.01), ``'deltas'`` ``[B, A, 4]``
     Faster R-CNN deltas (``box_coder_stds``). ``loss``: ``assigner='max_iou'`` (IoU 0.5 / 0.4
     with low-quality matches, torchvision) or ``'atss'`` (topk 9), then
@@ -185,19 +227,26 @@ class RetinaHead(_TwoBranchHead):
                  *, ratios: tuple[float, ...] = (0.5, 1.0, 2.0), base_scale: float = 4.0,
                  octave_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
                  box_coder_stds: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0),
-                 prior_prob: float = 0.01, dtype=None, rngs: nnx.Rngs):
+                 anchors: Any = None, prior_prob: float = 0.01, dtype=None,
+                 rngs: nnx.Rngs):
         self.num_classes, self.strides = num_classes, tuple(strides)
         self.ratios, self.base_scale = tuple(ratios), base_scale
         self.octave_scales = tuple(octave_scales)
         self.box_coder_stds = tuple(box_coder_stds)
-        self.num_anchors = len(self.ratios) * len(self.octave_scales)
+        self.anchor_sizes = (None if anchors is None
+                             else check_anchor_sizes(anchors, len(self.strides)))
+        self.num_anchors = (len(self.ratios) * len(self.octave_scales) if anchors is None
+                            else len(self.anchor_sizes[0]))
         width = _feat_width(in_channels, num_classes)
         super().__init__(in_channels, width, 4 * self.num_anchors, width,
                          num_classes * self.num_anchors, dtype=dtype, rngs=rngs)
         self._init_biases(0.0, [prior_prob_bias(prior_prob)] * len(self.strides))
 
     def anchors(self, level_shapes: tuple[tuple[int, int], ...]) -> jax.Array:
-        """xyxy anchor boxes ``[A, 4]`` in pixels (:func:`detjax.anchors.make_anchor_boxes`)."""
+        """xyxy anchor boxes ``[A, 4]`` in pixels (:func:`detjax.anchors.make_anchor_boxes`, or
+        :func:`anchor_boxes_from_sizes` of the given ``anchors``)."""
+        if self.anchor_sizes is not None:
+            return anchor_boxes_from_sizes(level_shapes, self.strides, self.anchor_sizes)
         return make_anchor_boxes(level_shapes, self.strides, ratios=self.ratios,
                                  base_scale=self.base_scale, octave_scales=self.octave_scales)
 
@@ -249,7 +298,8 @@ def _assign(assigner: str, anchors: jax.Array, boxes: jax.Array, gt_mask: jax.Ar
 class ATSSHead(_TwoBranchHead):
     """GFL head trained with the ATSS assigner (Zhang et al. 2020; Li et al. 2020, mmdet
     ``GFLHead``): one square anchor per location (side ``base_scale * stride``, cell corners)
-    for assignment; box branch -> ltrb distributions over ``reg_max + 1`` bins (mmdet
+    for assignment, or the one ``[w, h]`` per level of ``anchors`` (``detjax anchors -n``
+    = number of levels); box branch -> ltrb distributions over ``reg_max + 1`` bins (mmdet
     convention, stride units around the anchor centre); class branch -> joint
     class-quality logits (QFL). ``preds``: ``'scores'`` ``[B, A, C]``, ``'dist'``
     ``[B, A, 4 * (reg_max + 1)]``. ``loss``: :func:`detjax.assign.atss` (topk 9) then
@@ -257,10 +307,12 @@ class ATSSHead(_TwoBranchHead):
     """
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
-                 *, reg_max: int = 16, base_scale: float = 8.0, prior_prob: float = 0.01,
-                 dtype=None, rngs: nnx.Rngs):
+                 *, reg_max: int = 16, base_scale: float = 8.0, anchors: Any = None,
+                 prior_prob: float = 0.01, dtype=None, rngs: nnx.Rngs):
         self.num_classes, self.strides, self.reg_max = num_classes, tuple(strides), reg_max
         self.base_scale = base_scale
+        self.anchor_sizes = (None if anchors is None
+                             else check_anchor_sizes(anchors, len(self.strides), per_level=1))
         width = _feat_width(in_channels, num_classes)
         super().__init__(in_channels, width, 4 * (reg_max + 1), width, num_classes,
                          dtype=dtype, rngs=rngs)
@@ -268,8 +320,11 @@ class ATSSHead(_TwoBranchHead):
 
     def anchors(self, level_shapes: tuple[tuple[int, int], ...]) -> tuple[jax.Array, jax.Array]:
         """xyxy anchors ``[A, 4]`` pixels and their strides ``[A, 1]``."""
-        anchors = make_anchor_boxes(level_shapes, self.strides, ratios=(1.0,),
-                                    base_scale=self.base_scale)
+        if self.anchor_sizes is not None:
+            anchors = anchor_boxes_from_sizes(level_shapes, self.strides, self.anchor_sizes)
+        else:
+            anchors = make_anchor_boxes(level_shapes, self.strides, ratios=(1.0,),
+                                        base_scale=self.base_scale)
         return anchors, make_anchor_points(level_shapes, self.strides)[1]
 
     def __call__(self, feats: list[jax.Array]) -> HeadOutput:

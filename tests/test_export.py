@@ -208,3 +208,36 @@ def test_onnx_export_equals_python_model_in_process_and_fresh(model, images, ref
                                rtol=1e-6, atol=1e-6)
     fresh = {k: np.asarray(v) for k, v in got["outputs"][str(nms)].items()}
     np.testing.assert_array_equal(fresh["valid"], detections["valid"])
+
+
+@pytest.mark.slow  # trains a one-epoch run first
+def test_cli_exports_a_trained_run(tmp_path):
+    pytest.importorskip("detjax.train.loop")
+    from detjax import cli
+    from detjax.config import load_config
+    from detjax.infer.predict import make_postprocess
+    from detjax.train import train_and_evaluate
+    from detjax.train.checkpoint import restore_for_inference
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [f"workdir={run}", "epochs=1", "data.num_train=16",
+                             "data.num_val=8", "data.imgsz=64", "train.batch=8",
+                             "eval.batch=8", "data.synthetic_size=96", "train.time_limit=0"])
+    train_and_evaluate(cfg, run)
+    assert cli.main(["export", str(run), "--nms", "--conf", "0.001"]) == 0
+    detector = ex.load(run / "export" / "model.jax")
+    assert detector.imgsz == 64 and detector.class_names
+    model = restore_for_inference(run)[0]
+    x = np.random.default_rng(0).random((1, 64, 64, 3), np.float32)
+    graphdef, state = nnx.split(model)
+    det, valid = jax.jit(lambda x: make_postprocess(conf_thres=0.001)(
+        nnx.merge(graphdef, state).predict(nnx.merge(graphdef, state)(x))))(x)
+    out = detector(x)
+    det, valid = np.asarray(det)[0], np.asarray(valid)[0]
+    assert out["valid"][0].sum() == valid.sum() > 0
+    # near-equal scores of a one-epoch model may swap places: compare as sets
+    ours = np.concatenate([out["boxes"][0], out["scores"][0][:, None],
+                           out["labels"][0][:, None]], 1)[out["valid"][0]]
+    theirs = det[valid]
+    order = lambda rows: rows[np.lexsort((rows[:, 0].round(1), rows[:, 5], rows[:, 4].round(4)))]
+    np.testing.assert_allclose(order(ours), order(theirs), atol=1e-3)

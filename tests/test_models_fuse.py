@@ -143,3 +143,9 @@ def test_fold_batch_norm_formula_and_errors():
                         offset=None, epsilon=1e-3)
     with pytest.raises(TypeError, match="nnx.Module"):
         fuse({"conv": kernel})
+
+
+def test_fuse_is_the_package_level_function():
+    import detjax.models
+
+    assert detjax.models.fuse is fuse

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -182,8 +183,14 @@ def _write_onnx(fn: Callable, batch: int | None, imgsz: int, path: Path,
         return tuple(_eval_onnx_friendly(closed.jaxpr, closed.consts, images))
 
     shape = ("batch" if batch is None else batch, imgsz, imgsz, 3)
-    proto = jax2onnx.to_onnx(rewritten, [shape], model_name=path.stem,
-                             input_names=[INPUT_NAME], output_names=list(output_names))
+    ir_log = logging.getLogger("onnx_ir")  # one "value type not known" warning per shape
+    level = ir_log.level
+    ir_log.setLevel(logging.ERROR)
+    try:
+        proto = jax2onnx.to_onnx(rewritten, [shape], model_name=path.stem,
+                                 input_names=[INPUT_NAME], output_names=list(output_names))
+    finally:
+        ir_log.setLevel(level)
     onnx.save_model(proto, str(path))
 
 

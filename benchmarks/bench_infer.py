@@ -3,18 +3,24 @@ ultralytics YOLOv8n built from its packaged ``yolov8n.yaml`` (no weights downloa
 
 Both sides run the full network plus box decoding to ``[B, 84, A]`` (no NMS) on the same
 random batch: detjax under ``jax.jit`` with NHWC input, ultralytics in ``eval()`` under
-``torch.inference_mode()`` with NCHW input, as is (``--fuse`` also times its conv+BN fused
-model, which its predictor uses). Medians over ``--repeats`` timed calls after warm-up;
-detjax's compile time is reported separately. detjax runs on JAX's default device, ultralytics
-on ``--torch-device`` (``cuda``: model and batch on the GPU, each timed call waits for it).
+``torch.inference_mode()`` with NCHW input, as is. ``--fuse`` also times both sides with
+BatchNorm folded into the convolutions (detjax :func:`detjax.models.fuse`, ultralytics
+``model.fuse()``, which its predictor uses) and prints fused / fused; ``--pointwise-conv``
+adds the fused detjax model with its 1x1 convolutions run by ``lax.conv_general_dilated``
+instead of the matmul path. Medians over ``--repeats`` timed calls after warm-up; detjax's
+compile time is reported separately. detjax runs on JAX's default device (XLA:CPU uses every
+core), ultralytics on ``--torch-device`` with ``--threads`` torch threads (default: the
+machine's core count, the threads XLA uses); ``cuda``: model and batch on the GPU, each
+timed call waits for it.
 
     python benchmarks/bench_infer.py [--sizes 320 640] [--batch 8] [--repeats 5] [--fuse]
-        [--torch-device cpu|cuda]
+        [--pointwise-conv] [--threads N] [--torch-device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import jax
@@ -24,12 +30,24 @@ from _timing import jax_device_info, median_seconds, torch_blocking, torch_devic
 from flax import nnx
 
 from detjax.models import create_model
+from detjax.models.fuse import fuse
 
 
-def bench_detjax(images: np.ndarray, repeats: int) -> tuple[float, float]:
+def _pointwise_by_conv(model: nnx.Module) -> None:
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Conv):
+            node.conv_general_dilated = jax.lax.conv_general_dilated
+
+
+def bench_detjax(images: np.ndarray, repeats: int, *, fused: bool = False,
+                 pointwise_conv: bool = False) -> tuple[float, float]:
     """(compile seconds, median seconds per batch)."""
     model = create_model("yolov8n", num_classes=80, rngs=nnx.Rngs(0))
     model.eval()
+    if fused:
+        model = fuse(model)
+    if pointwise_conv:
+        _pointwise_by_conv(model)
     graphdef, state = nnx.split(model)
 
     @jax.jit
@@ -67,12 +85,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--fuse", action="store_true", help="also time ultralytics fused")
+    parser.add_argument("--fuse", action="store_true", help="also time both sides fused")
+    parser.add_argument("--pointwise-conv", action="store_true",
+                        help="also time fused detjax with 1x1 convolutions as convolutions")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="torch CPU threads (default: the machine's core count)")
     parser.add_argument("--torch-device", default="cpu",
                         help="device of the ultralytics peer: cpu (default) or cuda")
     args = parser.parse_args()
     try:
         import torch
+        torch.set_num_threads(args.threads)
         torch_info = f"torch {torch.__version__} on {torch_device_info(args.torch_device)}"
     except ImportError:
         torch_info = "torch not installed"
@@ -80,7 +103,9 @@ def main() -> None:
           f"batch {args.batch}, median of {args.repeats}")
     header = f"{'size':>5} {'detjax img/s':>13} {'ultra img/s':>12} {'ratio':>6} {'compile s':>10}"
     if args.fuse:
-        header += f" {'fused img/s':>12} {'ratio':>6}"
+        header += f" {'dj fused':>9} {'ul fused':>9} {'fused/fused':>11}"
+    if args.pointwise_conv:
+        header += f" {'dj fused 1x1 conv':>17}"
     print(header)
     for size in args.sizes:
         images = np.random.default_rng(0).random((args.batch, size, size, 3), np.float32)
@@ -92,10 +117,15 @@ def main() -> None:
                 if theirs else f"{'n/a':>12} {'n/a':>6}")
         row += f" {compile_s:>10.1f}"
         if args.fuse:
+            _, ours_fused = bench_detjax(images, args.repeats, fused=True)
             fused = bench_ultralytics(images, args.repeats, fuse=True,
                                       device=args.torch_device)
-            row += (f" {args.batch / fused:>12.1f} {ours_ips / (args.batch / fused):>6.2f}"
-                    if fused else "")
+            row += f" {args.batch / ours_fused:>9.1f}"
+            row += (f" {args.batch / fused:>9.1f} {fused / ours_fused:>11.2f}"
+                    if fused else f" {'n/a':>9} {'n/a':>11}")
+        if args.pointwise_conv:
+            _, conv = bench_detjax(images, args.repeats, fused=True, pointwise_conv=True)
+            row += f" {args.batch / conv:>17.1f}"
         print(row, flush=True)
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("detjax.infer.cli:predict_main", "draw boxes: detjax predict RUN_DIR SOURCE"),
     "train": ("detjax.train.cli:main",
               "train a detector: detjax train [config.yaml] key=value ..."),
+    "export": ("detjax.export:main", "deploy a run as jax.export/ONNX: detjax export RUN_DIR"),
     "data": ("detjax.data.cli:main", "check a data set or export the synthetic one: detjax data"),
 }
 

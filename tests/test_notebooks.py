@@ -99,7 +99,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     before = _repo_files()
     start = time.perf_counter()
-    client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=600,
+    client = nbclient.NotebookClient(nb, kernel_name=kernel, timeout=1800,
                                      resources={"metadata": {"path": str(COLAB)}})
     client.execute()  # raises CellExecutionError naming the cell on any error
     print(f"{path.name}: {time.perf_counter() - start:.1f} s")

@@ -143,3 +143,53 @@ def copy_paste(dst: Sample, src: Sample, rng: np.random.Generator, *, p: float =
     keep = after > 0
     keep[:n_dst] &= after[:n_dst] >= (1 - max_cover) * before
     return Sample(image, boxes, labels, imap).select(keep)
+
+
+def box_copy_paste(dst: Sample, src: Sample, rng: np.random.Generator, *,
+                   class_p: float | Sequence[float] = 1.0, max_ioa: float = 0.3,
+                   tries: int = 10) -> Sample:
+    """Pastes rectangular crops of ``src`` objects at random free places of ``dst`` (no masks).
+
+    Each ``src`` object of class ``c`` is taken with probability ``class_p[c]`` (or the scalar
+    ``class_p``), so rare classes can be pasted more often. Its crop is the pixel rectangle
+    ``floor(x1), floor(y1), ceil(x2), ceil(y2)`` of the ``src`` box; up to ``tries`` random
+    integer positions are drawn and the first one whose intersection with every box already in
+    the image (pasted ones included) is at most ``max_ioa`` of either box's area is used. The
+    pasted box is exactly the rectangle written, in ``dst`` pixels (xyxy). Crops larger than
+    ``dst`` or thinner than 2 pixels are skipped.
+    """
+    if len(src.labels) == 0:
+        return dst
+    if np.ndim(class_p) == 0:
+        probs = np.full(len(src.labels), float(class_p))
+    else:
+        table = np.asarray(class_p, np.float64)
+        if src.labels.max(initial=0) >= len(table):
+            raise ValueError(f"class_p has {len(table)} entries but src has class "
+                             f"{int(src.labels.max())}")
+        probs = table[src.labels]
+    h, w = dst.image.shape[:2]
+    sh, sw = src.image.shape[:2]
+    image = dst.image.copy()
+    boxes, labels = [dst.boxes.reshape(-1, 4)], [dst.labels]
+    current = dst.boxes.reshape(-1, 4).astype(np.float64)
+    for k in np.nonzero(rng.uniform(size=len(src.labels)) < probs)[0]:
+        x0, y0 = np.floor(np.clip(src.boxes[k, :2], 0, [sw, sh])).astype(int)
+        x1, y1 = np.ceil(np.clip(src.boxes[k, 2:], 0, [sw, sh])).astype(int)
+        cw, ch = x1 - x0, y1 - y0
+        if cw < 2 or ch < 2 or cw > w or ch > h:
+            continue
+        for _ in range(tries):
+            px, py = int(rng.integers(w - cw + 1)), int(rng.integers(h - ch + 1))
+            new = np.array([[px, py, px + cw, py + ch]], np.float64)
+            if len(current) and max(_ioa(new, current).max(), _ioa(current, new).max()) > max_ioa:
+                continue
+            image[py:py + ch, px:px + cw] = src.image[y0:y1, x0:x1]
+            current = np.concatenate([current, new])
+            boxes.append(new.astype(np.float32))
+            labels.append(src.labels[k:k + 1])
+            break
+    if len(current) == len(dst.labels):
+        return dst
+    return Sample(image, np.concatenate(boxes).astype(np.float32),
+                  np.concatenate(labels).astype(dst.labels.dtype), None)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from detjax.data import transforms as T
-from detjax.data.mosaic import copy_paste, mixup, mosaic4
+from detjax.data.mosaic import box_copy_paste, copy_paste, mixup, mosaic4
 from detjax.data.transforms import Sample
 
 
@@ -100,6 +100,19 @@ def _copy_paste_op(*, p: float = 0.5, max_ioa: float = 0.3) -> Op:
         if p <= 0 or s.instance_map is None:
             return s
         return copy_paste(s, T.horizontal_flip(s), rng, p=p, max_ioa=max_ioa)
+    return op
+
+
+@register_op("box_copy_paste")
+def _box_copy_paste_op(*, p: float = 0.5, class_p: float | Sequence[float] = 1.0,
+                       max_ioa: float = 0.3) -> Op:
+    """With prob p pastes box crops of a random other sample's objects (each of class c with
+    probability ``class_p[c]``) at free places (:func:`detjax.data.box_copy_paste`); needs no
+    instance masks."""
+    def op(s, rng, ctx):
+        if not _maybe(p, rng):
+            return s
+        return box_copy_paste(s, ctx.fetch(rng), rng, class_p=class_p, max_ioa=max_ioa)
     return op
 
 
@@ -191,6 +204,13 @@ class AugmentConfig:
     albu_geometric: float = 0.0
     albu_color: float = 0.0
     close_mosaic: int = 10
+    box_copy_paste: float = 0.0
+    box_copy_paste_class_p: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if self.box_copy_paste_class_p is not None:  # lists from YAML: keep the config hashable
+            object.__setattr__(self, "box_copy_paste_class_p",
+                               tuple(float(v) for v in self.box_copy_paste_class_p))
 
     def ops(self, *, mosaic_on: bool = True) -> list[tuple[str, dict[str, Any]]]:
         """The op specs of the training pipeline (mosaic off in the close-mosaic epochs)."""
@@ -198,6 +218,10 @@ class AugmentConfig:
             ("mosaic", {"p": self.mosaic if mosaic_on else 0.0})]
         if self.copy_paste > 0:
             specs.append(("copy_paste", {"p": self.copy_paste}))
+        if self.box_copy_paste > 0:
+            class_p = self.box_copy_paste_class_p
+            specs.append(("box_copy_paste", {"p": self.box_copy_paste,
+                                             "class_p": 1.0 if class_p is None else class_p}))
         specs.append(("affine", {"degrees": self.degrees, "translate": self.translate,
                                  "scale": self.scale, "shear": self.shear}))
         if self.mixup > 0 and mosaic_on:

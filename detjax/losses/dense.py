@@ -5,6 +5,12 @@
   :func:`detjax.assign.max_iou` (``pos_threshold=0.5, neg_threshold=0.4``).
 * :func:`gfl_loss`: quality focal + GIoU + distribution focal loss of a GFL head (mmdet
   ``GFLHead``), matches from :func:`detjax.assign.atss`.
+* :func:`hard_negative_mask`: SSD online hard example mining, the alternative to focal loss
+  (``retinanet_loss(cls_loss="ohem")``).
+
+``class_weights [C]`` (optional, e.g. from :func:`detjax.losses.class_weights_from_counts`)
+multiplies the classification term of each class, element by element over ``[A, C]``, before the
+usual normaliser; a weight of 0 removes that class from the classification loss.
 
 Both take ``matches [A]`` as the assigners return them (``>= 0`` index of the matched
 ground-truth slot, ``-1`` background, ``-2`` ignored), so a training step is
@@ -33,7 +39,7 @@ from detjax.losses.regression import (
     smooth_l1_loss,
 )
 
-__all__ = ["gfl_loss", "retinanet_loss"]
+__all__ = ["gfl_loss", "hard_negative_mask", "retinanet_loss"]
 
 BoxLossType = Literal["l1", "smooth_l1", "giou", "diou", "ciou"]
 _IOU_LOSSES = {"giou": generalized_box_iou_loss, "diou": distance_box_iou_loss,
@@ -70,6 +76,34 @@ def _check_dense(cls_logits: jax.Array, box_pred: jax.Array, anchors: jax.Array,
         raise ValueError(f"matches must be [B, A] = [{b}, {a}], got {matches.shape}")
 
 
+def _class_weighted(loss: jax.Array, class_weights: ArrayLike | None) -> jax.Array:
+    """``loss [..., C]`` times ``class_weights [C]`` (unchanged when None)."""
+    if class_weights is None:
+        return loss
+    w = jnp.asarray(class_weights, jnp.float32)
+    if w.shape != loss.shape[-1:]:
+        raise ValueError(f"class_weights must be [C] = [{loss.shape[-1]}], got {w.shape}")
+    return loss * w
+
+
+def hard_negative_mask(loss: ArrayLike, fg: ArrayLike, negatives: ArrayLike, *,
+                       neg_pos_ratio: ArrayLike = 3.0) -> jax.Array:
+    """SSD hard negative mining for one image -> ``[A]`` bool: the negatives to keep.
+
+    ``loss [A]`` per-anchor classification loss, ``fg [A]`` foreground mask, ``negatives [A]``
+    the anchors that may serve as negatives (background, not ignored). Keeps the
+    ``neg_pos_ratio * #fg`` negatives with the largest loss (Liu et al. 2016, 3:1;
+    torchvision ``SSD.compute_loss`` ranks them the same way, ties by anchor order). With no
+    foreground anchor no negative is kept.
+    """
+    loss, fg, negatives = jnp.asarray(loss), jnp.asarray(fg, bool), jnp.asarray(negatives, bool)
+    k = jnp.asarray(neg_pos_ratio, jnp.float32) * fg.sum()
+    ranked = jnp.where(negatives & ~fg, jax.lax.stop_gradient(loss), -jnp.inf)
+    order = jnp.argsort(-ranked, stable=True)  # hardest first
+    rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))  # [A]
+    return negatives & ~fg & (rank < k)
+
+
 def _with_batch_axis(cls_logits: ArrayLike, *arrays: ArrayLike) -> list[jax.Array]:
     """Adds a leading batch axis to every array when ``cls_logits`` is one image's ``[A, C]``."""
     arrays = [jnp.asarray(x) for x in (cls_logits, *arrays)]
@@ -81,6 +115,8 @@ def retinanet_loss(
     gt_boxes: ArrayLike, matches: ArrayLike, *, alpha: ArrayLike = 0.25, gamma: ArrayLike = 2.0,
     box_loss: BoxLossType = "l1", beta: ArrayLike = 1.0,
     box_coder_stds: Sequence[float] = (1.0, 1.0, 1.0, 1.0), box_weight: ArrayLike = 1.0,
+    cls_loss: Literal["focal", "ohem"] = "focal", neg_pos_ratio: ArrayLike = 3.0,
+    class_weights: ArrayLike | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """RetinaNet loss -> ``(total, {"cls", "box"})``.
 
@@ -98,6 +134,11 @@ def retinanet_loss(
     boxes (``box_coder_stds = 1 / torchvision weights``); ``"giou"``/``"diou"``/``"ciou"``
     compare the decoded boxes with the matched boxes (eps 1e-7). The dict holds ``cls`` and
     ``box_weight * box``; ``total`` is their sum.
+
+    ``cls_loss="ohem"`` replaces focal loss by plain sigmoid BCE on the foreground anchors plus
+    the ``neg_pos_ratio * #fg`` hardest background anchors of each image
+    (:func:`hard_negative_mask`, SSD-style 3:1), with the same normaliser. ``class_weights``:
+    see the module docstring.
     """
     logits, deltas, labels, boxes, matches = _with_batch_axis(
         cls_logits, box_deltas, gt_labels, gt_boxes, matches)
@@ -105,13 +146,22 @@ def retinanet_loss(
     _check_dense(logits, deltas, anchors, labels, boxes, matches, 4)
     if box_loss not in ("l1", "smooth_l1", *_IOU_LOSSES):
         raise ValueError(f"box_loss must be l1, smooth_l1, giou, diou or ciou, got {box_loss!r}")
+    if cls_loss not in ("focal", "ohem"):
+        raise ValueError(f"cls_loss must be 'focal' or 'ohem', got {cls_loss!r}")
     num_classes = logits.shape[-1]
 
     def per_image(x, d, lab, gtb, match):
         fg, onehot, matched = _matched_targets(match, lab, as_float(gtb, "gt_boxes"), num_classes)
         num_fg = jnp.maximum(fg.sum(), 1)
-        focal = sigmoid_focal_loss(x, onehot, alpha=alpha, gamma=gamma).sum(-1)  # [A]
-        cls = jnp.where(match != -2, focal, 0.0).sum() / num_fg
+        if cls_loss == "focal":
+            per_class = sigmoid_focal_loss(x, onehot, alpha=alpha, gamma=gamma)  # [A, C]
+            keep = match != -2
+        else:  # plain BCE = focal with gamma 0 and no alpha weight
+            per_class = sigmoid_focal_loss(x, onehot, alpha=-1.0, gamma=0.0)
+            keep = fg | hard_negative_mask(per_class.sum(-1), fg, match == -1,
+                                           neg_pos_ratio=neg_pos_ratio)
+        per_anchor = _class_weighted(per_class, class_weights).sum(-1)  # [A]
+        cls = jnp.where(keep, per_anchor, 0.0).sum() / num_fg
         if box_loss in _IOU_LOSSES:
             pred = decode_deltas(anchors, d, stds=box_coder_stds, clamp_both_sides=False)
             per_anchor = _IOU_LOSSES[box_loss](pred, matched)
@@ -131,7 +181,7 @@ def gfl_loss(
     cls_logits: ArrayLike, pred_dist: ArrayLike, anchors: ArrayLike, strides: ArrayLike,
     gt_labels: ArrayLike, gt_boxes: ArrayLike, matches: ArrayLike, *, beta: ArrayLike = 2.0,
     reg_max: int = 16, cls_weight: ArrayLike = 1.0, box_weight: ArrayLike = 2.0,
-    dfl_weight: ArrayLike = 0.25,
+    dfl_weight: ArrayLike = 0.25, class_weights: ArrayLike | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Generalized Focal Loss head loss (Li et al. 2020) -> ``(total, {"cls", "box", "dfl"})``.
 
@@ -154,6 +204,7 @@ def gfl_loss(
     ``total = cls_weight * cls + box_weight * box + dfl_weight * dfl``; the dict holds the
     weighted terms. GIoU uses eps 1e-7 added to the denominators (torchvision) where mmdet
     clamps them at 1e-6: equal except for boxes smaller than ~1e-3 stride units.
+    ``class_weights``: see the module docstring.
     """
     n_bins = dfl_bins(reg_max, "mmdet")
     logits, dist, labels, boxes, matches = _with_batch_axis(
@@ -174,6 +225,7 @@ def gfl_loss(
     pred_boxes = dist2bbox(dfl_decode(dist, reg_max=n_bins), centres)  # [B, A, 4]
     quality = jax.lax.stop_gradient(aligned_box_iou(pred_boxes, target_boxes))
     qfl = quality_focal_loss(logits, onehot * jnp.where(fg, quality, 0.0)[..., None], beta=beta)
+    qfl = _class_weighted(qfl, class_weights)
     valid = (matches != -2)[..., None]
     cls = jnp.where(valid, qfl, 0.0).sum() / jnp.maximum(fg.sum(), 1)
 

@@ -403,10 +403,11 @@ class FCOSHead(_TwoBranchHead):
              gamma: float = 2.0, center_sampling: bool = False,
              center_sample_radius: float = 1.5,
              regress_ranges: tuple[tuple[float, float], ...] | None = None,
-             cls_weight: float = 1.0, box_weight: float = 1.0, centerness_weight: float = 1.0
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+             cls_weight: float = 1.0, box_weight: float = 1.0, centerness_weight: float = 1.0,
+             class_weights=None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """``(total, {'cls', 'box', 'centerness'})`` (weighted terms); reductions over the
-        batch as mmdet (``num_pos`` and the centerness sum are batch totals)."""
+        batch as mmdet (``num_pos`` and the centerness sum are batch totals). ``class_weights
+        [C]`` multiplies each class's focal term (see :mod:`detjax.losses.dense`)."""
         from detjax.assign import fcos_targets
         from detjax.losses import (
             binary_cross_entropy,
@@ -424,7 +425,10 @@ class FCOSHead(_TwoBranchHead):
             center_sample_radius=center_sample_radius))(labels, boxes, gt_mask)
         num_fg = jnp.maximum(t.fg_mask.sum(), 1).astype(jnp.float32)
         onehot = jax.nn.one_hot(t.labels, self.num_classes)  # background row all zeros
-        cls = sigmoid_focal_loss(out.preds["scores"], onehot, alpha=alpha, gamma=gamma).sum()
+        focal = sigmoid_focal_loss(out.preds["scores"], onehot, alpha=alpha, gamma=gamma)
+        if class_weights is not None:
+            focal = focal * jnp.asarray(class_weights, jnp.float32)
+        cls = focal.sum()
         target_boxes = dist2bbox(t.ltrb, points)  # [B, A, 4] pixels
         giou = generalized_box_iou_loss(pred_boxes, target_boxes)
         ctr_sum = jnp.maximum(jnp.where(t.fg_mask, t.centerness, 0.0).sum(), 1e-6)

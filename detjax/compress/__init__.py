@@ -1,0 +1,27 @@
+"""Model compression: magnitude pruning (an Optax transformation), structured channel pruning
+into a physically smaller network, and the network-slimming L1 term on BatchNorm scales.
+
+Names resolve lazily, so ``import detjax.compress`` does no work.
+"""
+
+from detjax._lazy import lazy_getattr
+
+_LAZY = {
+    "polynomial_sparsity": "detjax.compress.sparsity",
+    "magnitude_masks": "detjax.compress.sparsity",
+    "prune_by_magnitude": "detjax.compress.sparsity",
+    "apply_masks": "detjax.compress.sparsity",
+    "sparsity": "detjax.compress.sparsity",
+    "bn_scale_l1": "detjax.compress.sparsity",
+    "channel_groups": "detjax.compress.channels",
+    "channel_scores": "detjax.compress.channels",
+    "prune_channels": "detjax.compress.channels",
+    "get_widths": "detjax.compress.channels",
+    "set_widths": "detjax.compress.channels",
+}
+
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
+
+
+__all__ = list(_LAZY)

@@ -346,15 +346,10 @@ RUN_DIR/export/model.jax|onnx. Examples:
 
 def restore_run(path: str | os.PathLike) -> tuple[Any, list[str], int, Path]:
     """``(eval-mode EMA model, class names, imgsz, run folder)`` of a run folder."""
-    from detjax.train.checkpoint import find_run_dir, restore_for_inference
+    from detjax.run import restore_run as restore
 
-    model, _, cfg = restore_for_inference(str(path))
-    names = cfg.data.class_names
-    if not names:
-        from detjax.train.loop import build_datasets
-
-        names = build_datasets(cfg)[1].class_names
-    return model, [str(n) for n in names], int(cfg.data.imgsz), find_run_dir(path)
+    run = restore(path)
+    return run.model, list(run.class_names), int(run.image_size), run.run_dir
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         print(f"detjax tune: {e}\n\n{USAGE}", file=sys.stderr)
         return 2
     if config.compile_cache:
-        from detjax.train.loop import enable_compile_cache
+        from detjax.train.cli import enable_compile_cache
 
         enable_compile_cache()
     try:

@@ -42,8 +42,3 @@ def _per_test_rng(request, monkeypatch):
     if isinstance(getattr(module, "RNG", None), np.random.Generator):
         seed = zlib.crc32(request.node.nodeid.encode())
         monkeypatch.setattr(module, "RNG", np.random.default_rng(seed))
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "notebooks: runs a colab/ notebook top to bottom with nbclient (QUICK, CPU)")

@@ -36,8 +36,8 @@ from detjax.nms import (
 __version__ = "0.1.0"
 
 _SUBMODULES = frozenset({
-    "anchors", "assign", "boxes", "cli", "coders", "config", "data", "demo", "eval", "infer",
-    "losses", "models", "nms", "plots", "run", "train",
+    "anchors", "assign", "boxes", "cli", "coders", "compress", "config", "data", "demo", "eval",
+    "export", "infer", "losses", "models", "nms", "plots", "run", "train", "tune",
 })
 
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("detjax.train.loop:main",
               "train a detector: detjax train [config.yaml] key=value ..."),
     "data": ("detjax.data.cli:main", "check a data set or export the synthetic one: detjax data"),
+    "convert": ("detjax.convert:main", "ultralytics .pt -> safetensors: detjax convert IN.pt OUT"),
 }
 
 

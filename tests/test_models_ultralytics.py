@@ -301,3 +301,27 @@ def test_freeze_mask_freezes_what_ultralytics_freezes():
         expected = sum(p.numel() for k, p in net.named_parameters()
                        if int(k.split(".")[1]) < n and ".dfl" not in k)
         assert sum(s for s, m in zip(sizes, mask) if m) == expected
+
+
+@pytest.mark.peers
+def test_convert_cli_writes_names_and_pt_loads_the_same(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from detjax.convert import main
+    from detjax.models import load_pretrained, read_weights
+    from detjax.models.variables import variable_arrays
+
+    net = _torch_net("yolov8n.yaml")
+    net.names = {0: "cat", 1: "dog", 2: "fox"}
+    torch.save({"model": net, "train_args": {}}, tmp_path / "w.pt")
+    assert main([str(tmp_path / "w.pt"), str(tmp_path / "w.safetensors")]) == 0
+    assert "yolov8n, 3 classes: cat, dog, fox" in capsys.readouterr().out
+    arrays, meta = read_weights(tmp_path / "w.safetensors")
+    assert meta["class_names"] == ["cat", "dog", "fox"] and meta["model"] == "yolov8n"
+    assert meta["p2"] is False and "AGPL-3.0" in meta["license"]
+    from_pt = create_model("yolov8n", num_classes=NC, rngs=nnx.Rngs(5))
+    load_pretrained(from_pt, tmp_path / "w.pt", log=lambda _: None)
+    got = variable_arrays(from_pt)
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    assert main([str(tmp_path / "absent.pt"), str(tmp_path / "x.safetensors")]) == 2
+    assert "no checkpoint file" in capsys.readouterr().err

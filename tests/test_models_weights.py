@@ -97,10 +97,11 @@ def test_bad_files_and_shapes_are_named(source, tmp_path):
         load_pretrained(retina, path, log=lambda _: None)
 
 
-def test_pt_without_peers_says_what_is_needed(tmp_path, monkeypatch):
+@pytest.fixture
+def no_peers(monkeypatch):
+    """Importing torch or ultralytics fails, as where they are not installed."""
     import builtins
 
-    (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
     real_import = builtins.__import__
 
     def no_torch(name, *args, **kwargs):
@@ -109,6 +110,10 @@ def test_pt_without_peers_says_what_is_needed(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
+
+
+def test_pt_without_peers_says_what_is_needed(tmp_path, no_peers):
+    (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
     model = nnx.eval_shape(lambda: create_model("yolov8n", num_classes=3, rngs=nnx.Rngs(0)))
     with pytest.raises(ImportError, match="needs torch and ultralytics.*detjax convert"):
         load_pretrained(model, tmp_path / "w.pt")
@@ -116,20 +121,10 @@ def test_pt_without_peers_says_what_is_needed(tmp_path, monkeypatch):
         load_pretrained(model, tmp_path / "absent.pt")
 
 
-def test_convert_without_peers_exits_with_the_reason(tmp_path, monkeypatch, capsys):
-    import builtins
-
+def test_convert_without_peers_exits_with_the_reason(tmp_path, no_peers, capsys):
     from detjax.convert import main
 
     (tmp_path / "w.pt").write_bytes(b"x")
-    real_import = builtins.__import__
-
-    def no_torch(name, *args, **kwargs):
-        if name.split(".")[0] in ("torch", "ultralytics"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_torch)
     assert main([str(tmp_path / "w.pt"), str(tmp_path / "o.safetensors")]) == 2
     assert "needs torch and ultralytics" in capsys.readouterr().err
     assert main([str(tmp_path / "w.pt"), str(tmp_path / "o.bin")]) == 2

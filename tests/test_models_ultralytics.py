@@ -66,13 +66,16 @@ def test_module_index_follows_yolov8_p2_yaml():
         module_index("neck.unknown.0.x", top_down=2)
 
 
-@pytest.mark.parametrize("name", list(SCALES))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow] if n in ("yolov8l", "yolov8x") else [])
+    for n in SCALES])
 def test_architecture_is_read_back_from_every_scale(name):
     sd = _fake_state_dict(abstract_model(name, num_classes=7))
     assert ultralytics_architecture(sd) == {"name": name, "num_classes": 7, "p2": False,
                                             "reg_max": 16}
 
 
+@pytest.mark.slow
 def test_architecture_of_p2_and_param_counts_of_large_scales():
     sd = _fake_state_dict(abstract_model("yolov8s", num_classes=2, p2=True))
     assert ultralytics_architecture(sd)["p2"] is True

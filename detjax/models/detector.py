@@ -3,9 +3,10 @@
 The interface that ``detjax.train``, ``detjax.eval`` and ``detjax.infer`` use:
 
 - ``create_model(name, *, num_classes, head='dfl', p2=False, rngs) -> Detector`` with
-  ``name`` in ``'yolov8n' | 'yolov8s' | 'yolov8m'`` (ultralytics ``yolov8.yaml`` scales
-  ``[depth, width, max_channels]``: n ``[0.33, 0.25, 1024]``, s ``[0.33, 0.50, 1024]``,
-  m ``[0.67, 0.75, 768]``) and ``head`` in ``'dfl' | 'retina' | 'atss' | 'fcos'``.
+  ``name`` in ``'yolov8n' | 'yolov8s' | 'yolov8m' | 'yolov8l' | 'yolov8x'`` (ultralytics
+  ``yolov8.yaml`` scales ``[depth, width, max_channels]``: n ``[0.33, 0.25, 1024]``,
+  s ``[0.33, 0.50, 1024]``, m ``[0.67, 0.75, 768]``, l ``[1.00, 1.00, 512]``,
+  x ``[1.00, 1.25, 512]``) and ``head`` in ``'dfl' | 'retina' | 'atss' | 'fcos'``.
   ``p2=True`` adds the stride-4 level (ultralytics ``yolov8-p2.yaml``).
 - ``detector(images)``: images float ``[B, H, W, 3]`` in ``[0, 1]`` (NHWC), ``H`` and ``W``
   multiples of 32 (the largest stride, also with ``p2``) -> :class:`HeadOutput` (a pytree of
@@ -48,6 +49,8 @@ SCALES: dict[str, tuple[float, float, int]] = {
     "yolov8n": (0.33, 0.25, 1024),
     "yolov8s": (0.33, 0.50, 1024),
     "yolov8m": (0.67, 0.75, 768),
+    "yolov8l": (1.00, 1.00, 512),
+    "yolov8x": (1.00, 1.25, 512),
 }
 HEADS = ("dfl", "retina", "atss", "fcos")
 MAX_STRIDE = 32
@@ -100,7 +103,7 @@ class Detector(nnx.Module):
 def create_model(name: str = "yolov8n", *, num_classes: int, head: str = "dfl",
                  p2: bool = False, dtype=None, head_kwargs: dict[str, Any] | None = None,
                  bn_axis_name: str | None = None, rngs: nnx.Rngs) -> Detector:
-    """Build a YOLOv8 ``name`` (``'yolov8n' | 'yolov8s' | 'yolov8m'``) detector.
+    """Build a YOLOv8 ``name`` (a key of ``SCALES``: ``'yolov8n'`` ... ``'yolov8x'``) detector.
 
     ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``; parameters stay float32);
     ``head_kwargs`` go to the head (e.g. ``reg_max`` for ``'dfl'``); ``bn_axis_name`` makes

@@ -101,17 +101,29 @@ def build_loaders(cfg: Config, train_ds=None, val_ds=None) -> Loaders:
     return Loaders(train, val)
 
 
-def build_model(cfg: Config, num_classes: int):
+def build_model(cfg: Config, num_classes: int, *, pretrained: bool = False):
     """The NNX detector of ``cfg.model`` with ``num_classes`` classes, initialised from
-    ``cfg.seed`` (train mode). Every model of a run is made here."""
+    ``cfg.seed`` (train mode). Every model of a run is made here. ``model.channels`` (the widths
+    of a channel-pruned run, :func:`detjax.compress.prune_channels`) shrinks it; with
+    ``pretrained``, ``model.weights`` (a ``.safetensors`` or ultralytics ``.pt`` file) is
+    loaded into it (:func:`detjax.models.load_pretrained`)."""
     from flax import nnx
 
     from detjax.models import create_model
 
     m = cfg.model
     head_kwargs = m.head_kwargs.to_dict() if isinstance(m.head_kwargs, Config) else None
-    return create_model(m.name, num_classes=num_classes, head=m.head, p2=m.p2,
-                        head_kwargs=head_kwargs, rngs=nnx.Rngs(cfg.seed))
+    model = create_model(m.name, num_classes=num_classes, head=m.head, p2=m.p2,
+                         head_kwargs=head_kwargs, rngs=nnx.Rngs(cfg.seed))
+    if m.channels:
+        from detjax.compress.channels import set_widths
+
+        set_widths(model, dict(m.channels))
+    if pretrained and m.weights:
+        from detjax.models import load_pretrained
+
+        load_pretrained(model, m.weights, log=print)
+    return model
 
 
 def write_run_info(workdir: str | os.PathLike, cfg: Config, class_names: Sequence[str]) -> Path:

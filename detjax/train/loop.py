@@ -135,15 +135,16 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     nb = train_loader.num_batches(0)
     if nb < 1:
         raise ValueError(f"{len(train_ds)} training images < train.batch={cfg.train.batch}")
-    model = run_lib.build_model(cfg, len(class_names))
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
+    resuming = bool(cfg.resume) and ckpt.latest_step() is not None
+    model = run_lib.build_model(cfg, len(class_names), pretrained=not resuming)
     state = create_train_state(model, step_config(cfg, nb, len(class_names), tx=tx))
     del model
 
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
     best_ckpt = Checkpointer(workdir / "best", max_to_keep=1) if cfg.checkpoint.save_best else None
     log = logs.TrainLog(workdir, tensorboard=cfg.log.tensorboard, enabled=is_main)
     epochs, start_epoch, best_map, train_time = int(cfg.train.epochs), 0, -1.0, 0.0
-    if cfg.resume and ckpt.latest_step() is not None:
+    if resuming:
         state, meta = ckpt.restore(state)
         train_loader.restore(meta["loader"])
         start_epoch, best_map = int(meta["epoch"]), float(meta["best_map"])

@@ -432,8 +432,24 @@ def make_optimizer(config, *, iters_per_epoch: int, num_classes: int
         opt_state = tx.init(params)
         updates, opt_state = tx.update(grads, opt_state, params)
     """
-    return recipe(optimizer_config(config, iters_per_epoch=iters_per_epoch,
-                                   num_classes=num_classes))
+    tx = recipe(optimizer_config(config, iters_per_epoch=iters_per_epoch,
+                                 num_classes=num_classes))
+    freeze = int(config.train.get("freeze", 0) or 0)
+    return with_frozen_layers(tx, freeze) if freeze else tx
+
+
+@functools.cache
+def with_frozen_layers(tx: optax.GradientTransformation, n: int
+                       ) -> optax.GradientTransformation:
+    """``tx`` with the layers ``model.0 .. model.{n-1}`` frozen (ultralytics ``freeze: N``,
+    :func:`detjax.models.freeze_mask`): their gradients are zeroed before ``tx`` (so they leave
+    the clipping norm, as frozen torch parameters without a gradient do) and their updates
+    after it (no decoupled weight decay). BatchNorm statistics still update, as in ultralytics."""
+    from detjax.models import freeze_mask
+
+    mask = functools.partial(freeze_mask, n=n)
+    return optax.chain(optax.masked(optax.set_to_zero(), mask), tx,
+                       optax.masked(optax.set_to_zero(), mask))
 
 
 def describe(config, *, iters_per_epoch: int, num_classes: int) -> str:

@@ -467,8 +467,10 @@ def describe(config, *, iters_per_epoch: int, num_classes: int) -> str:
         n = auto_iterations(iters_per_epoch=iters_per_epoch, batch=oc.batch, nbs=oc.nbs,
                             epochs=oc.epochs)
         why = f" (auto: {n} iterations {'>' if n > 10000 else '<='} 10000)"
-    extra = f", {dict(oc.optimizer_kwargs)}" if oc.optimizer_kwargs else ""
-    return (f"optimizer: {oc.optimizer}{why}, lr0={oc.lr0:g}, momentum={oc.momentum:g}{extra}; "
+    own = oc.optimizer in ("sgd", "adamw")  # others keep their own momentum / betas
+    extra = f", momentum={oc.momentum:g}" if own else f", optax.{oc.optimizer}"
+    extra += f" {dict(oc.optimizer_kwargs)}" if oc.optimizer_kwargs else ""
+    return (f"optimizer: {oc.optimizer}{why}, lr0={oc.lr0:g}{extra}; "
             f"{oc.schedule} decay to lrf={oc.lrf:g}, warmup {max(oc.warmup_iters, 0)} iterations, "
             f"accumulate {oc.accumulate}, weight_decay {oc.scaled_weight_decay:g}")
 

@@ -84,6 +84,10 @@ def _tree_where(cond, a, b):
     return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
+def _global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -135,7 +139,7 @@ def train_step(state: TrainState, batch: dict, *, axis_name: str | None = None
         ema_params=ema_params, ema_stats=ema_stats, step=step, iteration=state.iteration + 1,
         loss_scale=loss_scale, good_steps=good_steps)
     metrics = {"loss": loss, **{k: jnp.asarray(v, jnp.float32) for k, v in components.items()},
-               **optim.hyperparams(opt_state), "grad_norm": optax.tree.norm(grads),
+               **optim.hyperparams(opt_state), "grad_norm": _global_norm(grads),
                "optimizer_step": do_step, "finite": finite, "loss_scale": state.loss_scale}
     return new_state, metrics
 

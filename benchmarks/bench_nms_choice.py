@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs/bench_nms_choice")
     parser.add_argument("--methods", default="greedy,soft_linear,soft_gaussian,diou")
     args, overrides = parser.parse_known_args(argv)
+    if args.run and "=" in args.run:  # with --train, the first override lands in ``run``
+        overrides.insert(0, args.run)
+        args.run = None
     if any("=" not in o for o in overrides) or not (args.run or args.train):
         parser.error("give RUN_DIR or --train; overrides look like key=value")
 

@@ -53,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from detjax.eval import Evaluator
     from detjax.nms import NMS_METHODS, non_max_suppression
-    from detjax.train import step as step_lib
-    from detjax.train.checkpoint import restore_for_inference
-    from detjax.train.loop import build_datasets, build_loaders
+    from detjax.eval.validation import inference_fn
+    from detjax.run import build_datasets, build_loaders, restore_run
 
     methods = args.methods.split(",")
     if bad := [m for m in methods if m not in NMS_METHODS]:
@@ -64,16 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.train:
         _train(args.workdir, overrides)
         run = args.workdir
-    _, state, cfg = restore_for_inference(run, overrides)
-    train_ds, val_ds = build_datasets(cfg)
-    _, loader = build_loaders(cfg, train_ds, val_ds)
+    restored = restore_run(run, overrides)
+    cfg = restored.config
+    _, val_ds = build_datasets(cfg, splits=("val",))
+    _, loader = build_loaders(cfg, None, val_ds)
     names = list(val_ds.class_names)
     records = getattr(getattr(loader, "dataset", None), "records", None)
     if getattr(getattr(loader, "config", None), "augment", True):
         records = None
 
-    forward = jax.jit(partial(step_lib.eval_forward, use_ema=bool(cfg.eval.use_ema)))
-    batches = [(np.asarray(forward(state, b["images"])), b) for b in loader.epoch()]
+    apply, variables = inference_fn(restored.model)  # the EMA weights, eval mode
+    forward = jax.jit(apply)
+    batches = [(np.asarray(forward(variables, b["images"])), b) for b in loader.epoch()]
     e = cfg.eval
     print(f"\nNMS choice on {len(val_ds)} validation images of {run} "
           f"(data.difficulty {cfg.data.difficulty}, conf {e.conf_thres}, "

@@ -74,7 +74,8 @@ def build_datasets(cfg: Config, splits: Sequence[str] = SPLITS) -> Datasets:
         if d.path is None:
             raise ValueError(f"data.path is required for data.format={d.format!r}")
         kw = {"class_names": list(d.class_names)} if d.class_names and d.format == "voc" else {}
-        load = lambda split: data_lib.load_dataset(d.path, format=d.format, split=split, **kw)
+        load = lambda split: data_lib.load_dataset(d.path, format=d.format, split=split,
+                                                   on_error=d.on_error, **kw)
     return Datasets(*(load(names[s]) if s in splits else None for s in SPLITS))
 
 

@@ -251,11 +251,12 @@ def test_train_to_the_end_on_the_broken_folder(tmp_path, monkeypatch):
     from flax import nnx
     from train_toys import ToyDetector
 
+    from detjax import run as run_lib
     from detjax.config import load_config
     from detjax.train import loop
 
-    monkeypatch.setattr(loop, "build_model",
-                        lambda cfg, n: ToyDetector(n, rngs=nnx.Rngs(cfg.seed)))
+    monkeypatch.setattr(run_lib, "build_model",
+                        lambda cfg, n, **kw: ToyDetector(n, rngs=nnx.Rngs(cfg.seed)))
     root = broken_voc(tmp_path / "data")
     cfg = load_config(None, ["data.format=voc", f"data.path={root}", "data.imgsz=64",
                              "train.batch=2", "eval.batch=2", "train.epochs=1",
@@ -263,16 +264,18 @@ def test_train_to_the_end_on_the_broken_folder(tmp_path, monkeypatch):
                              "log.tensorboard=false", "compile_cache=false",
                              "train.warmup_min_iters=0"])
     # a file the up-front check passed goes bad before the first step
-    real_load = loop.build_loaders
+    real_load = run_lib.build_loaders
 
     def break_one(cfg, train_ds, val_ds):
         os.remove(train_ds[0].image_path)
         return real_load(cfg, train_ds, val_ds)
 
-    monkeypatch.setattr(loop, "build_loaders", break_one)
+    monkeypatch.setattr(run_lib, "build_loaders", break_one)
     with pytest.warns(UserWarning, match="skipped 3 bad file"):
         final = loop.train_and_evaluate(cfg, tmp_path / "run")
     assert final["epochs"] == 1 and np.isfinite(final["map"])
+    report = (tmp_path / "run" / "data_report.txt").read_text()  # the skipped files, listed
+    assert "skipped files" in report and ".jpg" in report
 
 
 @pytest.mark.skipif(not os.path.isdir(RACCOON), reason="../shared/data/raccoon not present")

@@ -51,44 +51,52 @@ def inference_fn(model) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
 
 # the graph definition is an argument, not a static one: it is a pytree without leaves whose
 # structure jit hashes and compares (the GraphDef itself is not hashable)
-@functools.partial(jax.jit, static_argnames=("conf_thres", "max_det", "multi_label"))
-def _predict(graphdef, variables, images, iou_thres, *, conf_thres: float, max_det: int,
-             multi_label: bool):
+@functools.partial(jax.jit, static_argnames=("conf_thres", "max_det", "multi_label", "nms"))
+def _predict(graphdef, variables, images, iou_thres, soft_sigma, soft_min_score, *,
+             conf_thres: float, max_det: int, multi_label: bool, nms: str):
     from detjax.nms import non_max_suppression
 
     out = non_max_suppression(_apply(graphdef, variables, images), conf_thres=conf_thres,
-                              iou_thres=iou_thres, max_det=max_det, multi_label=multi_label)
+                              iou_thres=iou_thres, max_det=max_det, multi_label=multi_label,
+                              method=nms, soft_sigma=soft_sigma, soft_min_score=soft_min_score)
     return out.detections, out.valid
 
 
 def predict_batch(model, images: jax.Array, *, conf_thres: float = 0.001,
-                  iou_thres: float = 0.7, max_det: int = 300, multi_label: bool = True
+                  iou_thres: float = 0.7, max_det: int = 300, multi_label: bool = True,
+                  nms: str = "greedy", soft_sigma: float = 0.5, soft_min_score: float = 0.001
                   ) -> tuple[jax.Array, jax.Array]:
     """Forward + ultralytics val postprocess of one batch: ``images`` ``[B, S, S, 3]`` (uint8
     or float 0..1) -> ``(detections [B, max_det, 6] xyxy, valid [B, max_det])``. ``model`` is
-    an NNX detector in eval mode; defaults are ultralytics ``DetectionValidator``'s."""
+    an NNX detector in eval mode; defaults are ultralytics ``DetectionValidator``'s; ``nms``
+    is :func:`detjax.non_max_suppression`'s ``method``."""
     from flax import nnx
 
     graphdef, variables = nnx.split(model)
-    return _predict(graphdef, variables, images, np.float32(iou_thres),
-                    conf_thres=float(conf_thres), max_det=int(max_det),
-                    multi_label=bool(multi_label))
+    return _predict(graphdef, variables, images, np.float32(iou_thres), np.float32(soft_sigma),
+                    np.float32(soft_min_score), conf_thres=float(conf_thres),
+                    max_det=int(max_det), multi_label=bool(multi_label), nms=str(nms))
 
 
 def eval_settings(cfg) -> dict[str, Any]:
     """The postprocess keyword arguments of :func:`evaluate` from a config's ``eval`` section."""
     e = cfg.eval
     return {"conf_thres": float(e.conf_thres), "iou_thres": float(e.iou_thres),
-            "max_det": int(e.max_det), "multi_label": bool(e.multi_label)}
+            "max_det": int(e.max_det), "multi_label": bool(e.multi_label),
+            "nms": str(e.nms), "soft_sigma": float(e.soft_sigma),
+            "soft_min_score": float(e.soft_min_score)}
 
 
 def evaluate(model, loader, *, class_names: Sequence[str] | None = None,
              keep_images: int = 0, conf_thres: float = 0.001, iou_thres: float = 0.7,
-             max_det: int = 300, multi_label: bool = True) -> tuple[dict[str, Any], list]:
+             max_det: int = 300, multi_label: bool = True, nms: str = "greedy",
+             soft_sigma: float = 0.5, soft_min_score: float = 0.001
+             ) -> tuple[dict[str, Any], list]:
     """COCO metrics of ``model`` (NNX detector, eval mode) on one pass of ``loader``
     (a ``detjax.data.Loader`` yielding letterboxed batches) and up to ``keep_images`` samples
     ``(image, (boxes, scores, labels), (gt_boxes, gt_labels))`` (``xyxy`` network pixels,
-    detections scoring above 0.25) for a validation grid.
+    detections scoring above 0.25) for a validation grid. ``nms`` (``eval.nms``): greedy,
+    soft_linear, soft_gaussian or diou (:func:`detjax.non_max_suppression`).
 
     Ground truth comes from the loader's data set (every box, original pixels) when the loader
     does not augment; a batch's copy is capped at ``data.max_boxes``.
@@ -106,8 +114,9 @@ def evaluate(model, loader, *, class_names: Sequence[str] | None = None,
     samples: list = []
     for batch in loader.epoch():
         det, valid = jax.device_get(_predict(
-            graphdef, variables, batch["images"], np.float32(iou_thres),
-            conf_thres=float(conf_thres), max_det=int(max_det), multi_label=bool(multi_label)))
+            graphdef, variables, batch["images"], np.float32(iou_thres), np.float32(soft_sigma),
+            np.float32(soft_min_score), conf_thres=float(conf_thres), max_det=int(max_det),
+            multi_label=bool(multi_label), nms=str(nms)))
         ev.update_batch(det, valid, batch,
                         records=records if records is not None and "index" in batch else None)
         samples += _samples(det, valid, batch, keep_images - len(samples))

@@ -78,8 +78,11 @@ def predict_main(argv: list[str]) -> int:
     names = run.class_names
     imgsz = args.imgsz or run.image_size
     forward, variables = _forward(run.model, args.tta)
+    e = run.config.eval
     predictor = Predictor(forward, variables, imgsz=imgsz, conf_thres=args.conf,
-                          iou_thres=args.iou, max_det=args.max_det, batch_size=args.batch)
+                          iou_thres=args.iou, max_det=args.max_det, batch_size=args.batch,
+                          nms=str(e.nms), soft_sigma=float(e.soft_sigma),
+                          soft_min_score=float(e.soft_min_score))
     out = Path(args.out) if args.out else run.run_dir / "predict"
     if args.slice:
         results = _predict_sliced(predictor, paths, out, names, args)

@@ -50,15 +50,19 @@ def letterbox_image(image: np.ndarray, size: int | tuple[int, int], *, scaleup: 
 
 
 def make_postprocess(*, conf_thres: float = 0.25, iou_thres: float = 0.7, max_det: int = 300,
-                     multi_label: bool = False, agnostic: bool = False
+                     multi_label: bool = False, agnostic: bool = False, nms: str = "greedy",
+                     soft_sigma: float = 0.5, soft_min_score: float = 0.001
                      ) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
     """``[B, 4 + C, A]`` -> ``(detections [B, max_det, 6], valid [B, max_det])`` through
-    ``detjax.non_max_suppression`` (traceable; jit it together with the forward)."""
+    ``detjax.non_max_suppression`` with ``method=nms`` (traceable; jit it together with the
+    forward)."""
     from detjax.nms import non_max_suppression
 
     def postprocess(predictions: jax.Array) -> tuple[jax.Array, jax.Array]:
         out = non_max_suppression(predictions, conf_thres=conf_thres, iou_thres=iou_thres,
-                                  max_det=max_det, multi_label=multi_label, agnostic=agnostic)
+                                  max_det=max_det, multi_label=multi_label, agnostic=agnostic,
+                                  method=nms, soft_sigma=soft_sigma,
+                                  soft_min_score=soft_min_score)
         return out.detections, out.valid
 
     return postprocess
@@ -89,6 +93,7 @@ class Predictor:
     def __init__(self, forward: Callable[[Any, jax.Array], jax.Array], variables: Any = None,
                  *, imgsz: int = 640, conf_thres: float = 0.25, iou_thres: float = 0.7,
                  max_det: int = 300, multi_label: bool = False, agnostic: bool = False,
+                 nms: str = "greedy", soft_sigma: float = 0.5, soft_min_score: float = 0.001,
                  batch_size: int = 8) -> None:
         if imgsz % 32:
             raise ValueError(f"imgsz must be a multiple of 32 (the largest stride), got {imgsz}")
@@ -96,7 +101,8 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.imgsz, self.batch_size, self.variables = imgsz, batch_size, variables
         post = make_postprocess(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
-                                multi_label=multi_label, agnostic=agnostic)
+                                multi_label=multi_label, agnostic=agnostic, nms=nms,
+                                soft_sigma=soft_sigma, soft_min_score=soft_min_score)
 
         def run(variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
             x = images.astype(jnp.float32) / 255.0

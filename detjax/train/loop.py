@@ -103,6 +103,19 @@ def _train_epoch(runner: Runner, state, loader, cfg: Config, log: logs.TrainLog,
     return state, it, {k: v / max(count, 1) for k, v in sums.items()}, images_seen
 
 
+def _write_data_reports(workdir: Path, train_ds, val_ds) -> None:
+    """``data_report.txt`` / ``data_report_val.txt``: the files the data check skipped and why
+    (written only when there is something to say)."""
+    from detjax.data import write_report
+
+    for ds, name in ((train_ds, "data_report.txt"), (val_ds, "data_report_val.txt")):
+        report = getattr(ds, "report", None)
+        if report is not None and (report.skipped_files or report.problems):
+            write_report(report, workdir / name)
+            print(f"data: {len(report.skipped_files)} file(s) skipped in "
+                  f"{'training' if ds is train_ds else 'validation'}; see {workdir / name}")
+
+
 def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                        tx=None, on_eval: OnEval | None = None,
                        stop_after_epochs: int | None = None) -> dict[str, Any]:
@@ -131,6 +144,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     class_names = list(train_ds.class_names)
     if is_main:
         run_lib.write_run_info(workdir, cfg, class_names)
+        _write_data_reports(workdir, train_ds, val_ds)
     train_loader, val_loader = run_lib.build_loaders(cfg, train_ds, val_ds)
     nb = train_loader.num_batches(0)
     if nb < 1:

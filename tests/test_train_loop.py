@@ -27,7 +27,7 @@ TINY = ["data.num_train=24", "data.num_val=8", "data.imgsz=64", "train.batch=8",
 def toy_model(monkeypatch):
     """The loop with the small stand-in detector (the real one is covered by the smoke test)."""
     monkeypatch.setattr(run_lib, "build_model",
-                        lambda cfg, n: ToyDetector(n, rngs=nnx.Rngs(cfg.seed)))
+                        lambda cfg, n, **kw: ToyDetector(n, rngs=nnx.Rngs(cfg.seed)))
 
 
 def _read(path):

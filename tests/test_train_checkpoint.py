@@ -114,11 +114,12 @@ def test_killed_run_with_a_user_transformation_resumes_exactly(tmp_path, monkeyp
     iterations, losses and final mAP equal an uninterrupted run (the Optax state round-trips)."""
     import optax
 
+    from detjax import run as run_lib
     from detjax.config import load_config
     from detjax.train import loop
 
-    toy = lambda cfg, n: ToyDetector(n, rngs=nnx.Rngs(cfg.seed))
-    monkeypatch.setattr(loop, "build_model", toy)
+    toy = lambda cfg, n, **kw: ToyDetector(n, rngs=nnx.Rngs(cfg.seed))
+    monkeypatch.setattr(run_lib, "build_model", toy)
     cfg = load_config(None, [
         "data.num_train=16", "data.num_val=8", "data.imgsz=64", "train.batch=8", "eval.batch=8",
         "train.epochs=2", "train.time_limit=0", "eval.every=2", "log.progress=false",

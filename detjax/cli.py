@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("detjax.data.cli:main", "check a data set or export the synthetic one: detjax data"),
     "tune": ("detjax.tune.cli:main", "search hyperparameters: detjax tune [config] --trials N"),
     "convert": ("detjax.convert:main", "ultralytics .pt -> safetensors: detjax convert IN.pt OUT"),
+    "prune": ("detjax.compress.prune_run:main",
+              "prune a run: detjax prune RUN --method channel|magnitude --ratio 0.3"),
 }
 
 

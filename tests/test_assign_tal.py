@@ -239,3 +239,22 @@ def test_parity_ultralytics_full_scale(min_gt_size):
             np.testing.assert_allclose(np.asarray(g), w.numpy(), rtol=1e-5, atol=1e-6)
         else:
             np.testing.assert_array_equal(np.asarray(g), w.numpy(), err_msg=name)
+
+
+def test_compact_targets_equal_dense_and_logits_equal_probabilities():
+    from detjax.assign import task_aligned_compact
+
+    scores, pd, pts, labels, gt, mask = (x[1] if x.ndim > 1 and x.shape[0] == 3 else x
+                                         for x in _problem(4))
+    dense = _task_aligned(scores, pd, pts, labels, gt, mask)
+    compact = jax.jit(task_aligned_compact)(scores, pd, pts, labels, gt, mask)
+    one_hot = (np.eye(scores.shape[1], dtype=np.float32)[np.asarray(compact.labels)]
+               * np.asarray(compact.score)[:, None])
+    np.testing.assert_array_equal(one_hot, dense.scores)
+    for name in ("labels", "boxes", "fg_mask", "gt_index"):
+        np.testing.assert_array_equal(getattr(compact, name), getattr(dense, name), err_msg=name)
+    logits = np.log(scores) - np.log1p(-scores)  # sigmoid(logits) == scores
+    from_logits = jax.jit(lambda *a: task_aligned_compact(*a, logits=True))(
+        logits, pd, pts, labels, gt, mask)
+    np.testing.assert_array_equal(from_logits.fg_mask, compact.fg_mask)
+    np.testing.assert_allclose(from_logits.score, compact.score, rtol=1e-5, atol=1e-7)

@@ -269,3 +269,26 @@ def test_focal_jit_equals_eager_and_oracle(x, t, alpha, gamma):
 
 
 _FOCAL_JIT = jax.jit(lambda x, t, a, g: sigmoid_focal_loss(x, t, alpha=a, gamma=g))
+
+
+def test_class_weights_from_counts_follow_the_formulas():
+    from detjax.losses import class_weights_from_counts
+
+    counts = np.array([1.0, 10.0, 100.0, 1000.0])
+    inverse = 1.0 / counts
+    np.testing.assert_allclose(class_weights_from_counts(counts), inverse / inverse.mean(),
+                               rtol=1e-6)
+    for beta in (0.9, 0.999, 0.9999):  # Cui et al. 2019: (1 - beta) / (1 - beta^n)
+        effective = (1 - beta) / (1 - np.power(beta, counts))
+        got = jax.jit(lambda c, b: class_weights_from_counts(c, method="effective", beta=b))(
+            counts, beta)
+        np.testing.assert_allclose(got, effective / effective.mean(), rtol=1e-4)
+        np.testing.assert_allclose(float(got.mean()), 1.0, rtol=1e-6)
+    # beta -> 0 makes every class equal; a class never seen counts as seen once
+    np.testing.assert_allclose(class_weights_from_counts(counts, method="effective", beta=1e-6),
+                               np.ones(4), rtol=1e-4)
+    np.testing.assert_allclose(class_weights_from_counts(np.array([0.0, 1.0])), [1.0, 1.0])
+    with pytest.raises(ValueError, match="method"):
+        class_weights_from_counts(counts, method="sqrt")
+    with pytest.raises(ValueError, match="counts"):
+        class_weights_from_counts(np.ones((2, 2)))

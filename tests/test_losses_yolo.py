@@ -49,7 +49,7 @@ def make_case(seed, batch=3, nc=4, imgsz=64, counts=(3, 0, 4), small=False):
     return case
 
 
-def ultralytics_items(case, gains=(7.5, 0.5, 1.5), grads=False, topk2=None):
+def ultralytics_items(case, gains=(7.5, 0.5, 1.5), grads=False, topk2=None, class_weights=None):
     torch = pytest.importorskip("torch")
     loss_mod = pytest.importorskip("ultralytics.utils.loss")
 
@@ -60,6 +60,8 @@ def ultralytics_items(case, gains=(7.5, 0.5, 1.5), grads=False, topk2=None):
             self.args = types.SimpleNamespace(box=gains[0], cls=gains[1], dfl=gains[2])
             self.model = [types.SimpleNamespace(stride=torch.tensor(STRIDES), nc=case["nc"],
                                                 reg_max=REG_MAX)]
+            if class_weights is not None:
+                self.class_weights = torch.tensor(class_weights, dtype=torch.float32)
 
     crit = loss_mod.v8DetectionLoss(Model(), tal_topk2=topk2)
     d = torch.tensor(case["distri"]).permute(0, 2, 1).requires_grad_()
@@ -247,3 +249,44 @@ def test_ground_truth_slot_order_and_padding_position_do_not_matter():
     t0 = float(LOSS(d, s, p, st, labels, boxes, mask)[0])
     t1 = float(LOSS(d, s, p, st, take(labels), take(boxes), take(mask))[0])
     np.testing.assert_allclose(t1, t0, rtol=1e-6)
+
+
+@pytest.mark.peers
+def test_class_weights_equal_ultralytics_class_weights():
+    case = make_case(15)
+    weights = np.array([0.5, 2.0, 0.0, 1.25], np.float32)
+    _, items = jax.jit(lambda w, *a: yolo_detection_loss(*a, class_weights=w))(
+        weights, *case["jax_args"])
+    assert_items_close(items, ultralytics_items(case, class_weights=weights))
+
+
+def test_class_weights_scale_each_class_and_zero_removes_it():
+    """cls = cls_gain * sum_c w_c sum_{b,a} BCE(x, t)[b, a, c] / S, S unweighted (ultralytics)."""
+    from detjax.assign import batched_task_aligned
+
+    case = make_case(16)
+    d, s, p, st, labels, boxes, mask = case["jax_args"]
+    pred = jnp.asarray(dist2bbox(dfl_decode(d), p)) * st
+    targets = batched_task_aligned(jax.nn.sigmoid(s), pred, p * st, labels, boxes, mask,
+                                   min_gt_size=16.0)
+    t = np.asarray(targets.scores, np.float64)
+    x = np.asarray(s, np.float64)
+    per_class = (np.logaddexp(0, x) - x * t).sum((0, 1))  # [C], float64 oracle
+    score_sum = max(t.sum(), 1.0)
+    weighted = jax.jit(lambda w: yolo_detection_loss(*case["jax_args"], class_weights=w))
+    for w in (np.ones(4), np.array([1.0, 0.0, 3.0, 0.5]), np.zeros(4)):
+        _, items = weighted(w.astype(np.float32))
+        np.testing.assert_allclose(float(items["cls"]), 0.5 * (w * per_class).sum() / score_sum,
+                                   rtol=1e-5, atol=1e-7)
+    # a zero weight: class 1's logits no longer reach the classification loss at all
+    w = jnp.array([1.0, 0.0, 1.0, 1.0])
+    grad = jax.grad(lambda z: yolo_detection_loss(d, z, p, st, labels, boxes, mask,
+                                                  class_weights=w)[1]["cls"])(s)
+    assert not np.asarray(grad[..., 1]).any() and np.asarray(grad[..., 0]).any()
+    # vmap over weight vectors equals the loop; the default equals all-ones
+    grid = jnp.array([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 2.0, 3.0]])
+    swept = jax.jit(jax.vmap(lambda w: weighted(w)[0]))(grid)
+    np.testing.assert_allclose(swept, [float(weighted(w)[0]) for w in grid], rtol=1e-6)
+    np.testing.assert_allclose(float(swept[0]), float(LOSS(*case["jax_args"])[0]), rtol=1e-6)
+    with pytest.raises(ValueError, match="class_weights"):
+        yolo_detection_loss(*case["jax_args"], class_weights=np.ones(3))

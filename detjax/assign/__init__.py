@@ -15,11 +15,17 @@ from detjax.assign.fcos import (
 )
 from detjax.assign.hungarian import SetMatch, detr_cost, hungarian, linear_assignment
 from detjax.assign.max_iou import IGNORED, NEGATIVE, Match, match_quality, max_iou
-from detjax.assign.tal import TaskAlignedTargets, batched_task_aligned, task_aligned
+from detjax.assign.tal import (
+    CompactTaskAlignedTargets,
+    TaskAlignedTargets,
+    batched_task_aligned,
+    task_aligned,
+    task_aligned_compact,
+)
 
 __all__ = [
-    "FCOS_REGRESS_RANGES", "FCOS_STRIDES", "IGNORED", "NEGATIVE", "FcosTargets", "Match",
-    "SetMatch", "TaskAlignedTargets", "atss", "batched_task_aligned", "centerness_target",
-    "detr_cost", "fcos_targets", "hungarian", "linear_assignment", "match_quality", "max_iou",
-    "task_aligned",
+    "FCOS_REGRESS_RANGES", "FCOS_STRIDES", "IGNORED", "NEGATIVE", "CompactTaskAlignedTargets",
+    "FcosTargets", "Match", "SetMatch", "TaskAlignedTargets", "atss", "batched_task_aligned",
+    "centerness_target", "detr_cost", "fcos_targets", "hungarian", "linear_assignment",
+    "match_quality", "max_iou", "task_aligned", "task_aligned_compact",
 ]

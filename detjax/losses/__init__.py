@@ -8,6 +8,7 @@ JAX values, so a loss can be ``jax.vmap``-ed over a hyperparameter grid.
 
 from detjax.losses.classification import (
     binary_cross_entropy,
+    class_weights_from_counts,
     quality_focal_loss,
     sigmoid_focal_loss,
     softmax_cross_entropy,
@@ -38,6 +39,7 @@ focal_loss = sigmoid_focal_loss  # the name DESIGN.md and most users reach for
 __all__ = [
     "DFLConvention",
     "binary_cross_entropy",
+    "class_weights_from_counts",
     "complete_box_iou_loss",
     "detr_set_loss",
     "dfl_bins",

@@ -17,6 +17,7 @@ from detjax.losses._common import as_float, bce_with_logits, float_pair, safe_po
 
 __all__ = [
     "binary_cross_entropy",
+    "class_weights_from_counts",
     "quality_focal_loss",
     "sigmoid_focal_loss",
     "softmax_cross_entropy",
@@ -136,3 +137,30 @@ def varifocal_loss(logits: ArrayLike, soft_targets: ArrayLike, *, alpha: ArrayLi
     pos_weight = q if iou_weighted else jnp.ones_like(q)
     neg_weight = alpha * safe_pow(jnp.abs(jax.nn.sigmoid(x) - q), gamma)
     return bce_with_logits(x, q) * jnp.where(positive, pos_weight, neg_weight)
+
+
+def class_weights_from_counts(counts: ArrayLike, *, method: str = "inverse",
+                              beta: ArrayLike = 0.999) -> jax.Array:
+    """Per-class loss weights ``[C]`` from per-class instance counts ``[C]``, mean 1.
+
+    ``method="inverse"``: ``w_c = 1 / n_c``; ``method="effective"``: the inverse effective
+    number of samples of Cui et al. 2019 ("Class-Balanced Loss Based on Effective Number of
+    Samples"), ``w_c = (1 - beta) / (1 - beta ** n_c)``. Both are rescaled so that
+    ``mean(w) == 1``. A class with ``n_c = 0`` gets the weight of a class seen once (so no
+    infinity). ``beta`` may be traced; pass the result as ``class_weights`` to
+    :func:`detjax.losses.yolo_detection_loss`.
+
+    >>> class_weights_from_counts(jnp.array([10., 30.])).tolist()
+    [1.5, 0.5]
+    """
+    n = as_float(counts, "counts")
+    if n.ndim != 1 or n.shape[0] < 1:
+        raise ValueError(f"counts must be [C] per-class counts, got shape {n.shape}")
+    n = jnp.maximum(n, 1.0)
+    if method == "inverse":
+        w = 1.0 / n
+    elif method == "effective":
+        w = (1.0 - beta) / -jnp.expm1(n * jnp.log(beta))  # 1 - beta**n without cancellation
+    else:
+        raise ValueError(f"method must be 'inverse' or 'effective', got {method!r}")
+    return w / w.mean()

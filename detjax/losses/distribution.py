@@ -86,3 +86,74 @@ def distribution_focal_loss(pred_dist: ArrayLike, target: ArrayLike, *,
     bins = jnp.arange(n_bins, dtype=logits.dtype)
     soft_label = jnp.maximum(0.0, 1.0 - jnp.abs(bins - t[..., None]))  # [..., n_bins]
     return -jnp.sum(soft_label * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+# Reverse-mode kernels of the YOLOv8 loss. They compute the same values as dfl_decode and
+# distribution_focal_loss with fewer passes over the [..., n_bins] logits and no
+# [..., n_bins] intermediates: one softmax pass serves decoding and DFL, and each
+# backward pass is one elementwise pass that writes the gradient. (custom_vjp: no jax.jvp.)
+
+
+@jax.custom_vjp
+def _softmax_expectation_and_lse(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(sum_k k softmax(logits)_k, logsumexp(logits))`` over the last axis: the decoded
+    distance (ultralytics ``bbox_decode``) and the log-sum-exp that DFL needs, from one
+    softmax pass. ``[..., n_bins] -> ([...], [...])``."""
+    return _expectation_and_lse_fwd(logits)[0]
+
+
+def _expectation_and_lse_fwd(logits):
+    peak = jax.lax.stop_gradient(logits.max(-1, keepdims=True))
+    e = jnp.exp(logits - peak)
+    bins = jnp.arange(logits.shape[-1], dtype=logits.dtype)
+    # one variadic reduction: both sums share the exponentials (two reductions would store e)
+    z, moment = jax.lax.reduce((e, e * bins), (jnp.zeros((), e.dtype), jnp.zeros((), e.dtype)),
+                               lambda a, b: (a[0] + b[0], a[1] + b[1]), (logits.ndim - 1,))
+    expectation, lse = moment / z, peak[..., 0] + jnp.log(z)
+    return (expectation, lse), (logits, expectation, lse)
+
+
+def _expectation_and_lse_bwd(res, cotangents):
+    logits, expectation, lse = res
+    g_expectation, g_lse = cotangents
+    bins = jnp.arange(logits.shape[-1], dtype=logits.dtype)
+    p = jnp.exp(logits - lse[..., None])  # softmax, recomputed instead of stored
+    return (p * (g_expectation[..., None] * (bins - expectation[..., None])
+                 + g_lse[..., None]),)
+
+
+_softmax_expectation_and_lse.defvjp(_expectation_and_lse_fwd, _expectation_and_lse_bwd)
+
+
+@jax.custom_vjp
+def _two_bin_logit(logits: jax.Array, target: jax.Array) -> jax.Array:
+    """``(l + 1 - t) logits[l] + (1 - (l + 1 - t)) logits[l + 1]`` with ``l = floor(t)``:
+    the DFL target logit, ``logits [..., n_bins]`` and ``target [...]`` already clamped to
+    ``[0, n_bins - 1 - 0.01]`` -> ``[...]``. ``DFL = logsumexp(logits) - _two_bin_logit``,
+    ultralytics ``DFLoss``'s two cross entropies in one gather; no gradient to ``target``."""
+    return _two_bin_logit_fwd(logits, target)[0]
+
+
+def _two_bins(target):
+    left = jnp.floor(target)
+    w_left = left + 1 - target  # ultralytics: wl = tr - target, wr = 1 - wl
+    return left.astype(jnp.int32), w_left, 1 - w_left
+
+
+def _two_bin_logit_fwd(logits, target):
+    left, w_left, w_right = _two_bins(target)
+    pick = lambda i: jnp.take_along_axis(logits, i[..., None], -1,
+                                         mode="promise_in_bounds")[..., 0]
+    return pick(left) * w_left + pick(left + 1) * w_right, (logits, target)
+
+
+def _two_bin_logit_bwd(res, g):
+    logits, target = res
+    left, w_left, w_right = _two_bins(target)
+    k = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    weight = jnp.where(k == left[..., None], w_left[..., None],
+                       jnp.where(k == left[..., None] + 1, w_right[..., None], 0.0))
+    return g[..., None] * weight, None
+
+
+_two_bin_logit.defvjp(_two_bin_logit_fwd, _two_bin_logit_bwd)

@@ -206,6 +206,10 @@ def test_cli_coco_dataset(tmp_path, capsys):
     anns = [{"id": j, "image_id": j % 4, "category_id": 1, "iscrowd": 0,
              "bbox": [10.0, 10.0, float(rng.uniform(5, 200)), float(rng.uniform(5, 200))]}
             for j in range(40)]
+    from PIL import Image  # images exist: the data check decodes every one
+
+    for im in images:
+        Image.new("RGB", (640, 320)).save(tmp_path / im["file_name"])
     path = tmp_path / "ann.json"
     path.write_text(json.dumps({"images": images, "annotations": anns,
                                 "categories": [{"id": 1, "name": "thing"}]}))

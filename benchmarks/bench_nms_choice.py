@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from detjax.eval import Evaluator
-    from detjax.nms import NMS_METHODS, non_max_suppression
     from detjax.eval.validation import inference_fn
+    from detjax.nms import NMS_METHODS, non_max_suppression
     from detjax.run import build_datasets, build_loaders, restore_run
 
     methods = args.methods.split(",")

@@ -60,3 +60,21 @@ def test_train_freeze_zeroes_the_frozen_layers_updates(freeze):
         else:
             assert np.any(np.asarray(u))
     assert sum(jax.tree.leaves(mask)) > 0 or freeze == 0
+
+
+def test_class_weights_from_the_config_reach_the_step_config():
+    from types import SimpleNamespace
+
+    from detjax.losses import class_weights_from_counts
+    from detjax.train.loop import resolve_class_weights, step_config
+
+    cfg = load_config(None, ["train.loss={class_weights: [1.0, 0.0]}"])
+    sc = step_config(cfg, 4, 2)
+    assert dict(sc.loss_hyp)["class_weights"] == (1.0, 0.0)
+    hash(sc)  # static in the jitted step
+    records = [SimpleNamespace(labels=np.array(l)) for l in ([0, 0, 0], [0, 1], [0])]
+    ds = SimpleNamespace(records=records, num_classes=3)
+    auto = resolve_class_weights(load_config(None, ["train.loss={class_weights: auto}"]), ds)
+    want = np.asarray(class_weights_from_counts(np.array([5, 1, 0]), method="effective"))
+    np.testing.assert_allclose(auto.train.loss.class_weights, want, rtol=1e-5)
+    assert resolve_class_weights(cfg, ds) is cfg

@@ -52,9 +52,36 @@ def step_config(cfg: Config, iters_per_epoch: int, num_classes: int = 10, *,
     t = cfg.train
     if tx is None:
         tx = optim.make_optimizer(cfg, iters_per_epoch=iters_per_epoch, num_classes=num_classes)
-    loss = tuple(sorted(t.loss.to_dict().items())) if isinstance(t.loss, Config) else ()
+    loss = tuple(sorted((k, _hashable(v)) for k, v in t.loss.to_dict().items())
+                 ) if isinstance(t.loss, Config) else ()
     return StepConfig(tx=tx, precision=t.precision, ema_decay=t.ema_decay,
                       ema_tau=t.ema_tau, loss_hyp=loss, loss_times_batch=t.loss_times_batch)
+
+
+def _hashable(value):
+    """Lists from YAML (``train.loss.class_weights``) as tuples: the step config is static."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def resolve_class_weights(cfg: Config, train_ds) -> Config:
+    """``train.loss.class_weights: auto`` -> the effective-number weights (Cui et al. 2019,
+    beta 0.999, mean 1) of the training set's box counts per class; other values unchanged."""
+    loss = cfg.train.loss
+    if not isinstance(loss, Config) or loss.get("class_weights") != "auto":
+        return cfg
+    import copy
+
+    from detjax.losses import class_weights_from_counts
+
+    labels = [np.asarray(r.labels).ravel() for r in train_ds.records]
+    counts = np.bincount(np.concatenate(labels) if labels else np.zeros(0, np.int64),
+                         minlength=train_ds.num_classes)
+    weights = np.asarray(class_weights_from_counts(counts, method="effective"))
+    cfg = copy.deepcopy(cfg)
+    cfg.train.loss["class_weights"] = [round(float(w), 6) for w in weights]
+    print(f"train.loss.class_weights=auto: {cfg.train.loss['class_weights']} "
+          f"(box counts {counts.tolist()})")
+    return cfg
 
 
 def eval_model(state: TrainState, use_ema: bool = True):
@@ -142,6 +169,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
 
     train_ds, val_ds = run_lib.build_datasets(cfg)
     class_names = list(train_ds.class_names)
+    cfg = resolve_class_weights(cfg, train_ds)
     if is_main:
         run_lib.write_run_info(workdir, cfg, class_names)
         _write_data_reports(workdir, train_ds, val_ds)

@@ -216,8 +216,8 @@ def test_cli_exports_a_trained_run(tmp_path):
     from detjax import cli
     from detjax.config import load_config
     from detjax.infer.predict import make_postprocess
+    from detjax.run import restore_run
     from detjax.train import train_and_evaluate
-    from detjax.train.checkpoint import restore_for_inference
 
     run = tmp_path / "run"
     cfg = load_config(None, [f"workdir={run}", "epochs=1", "data.num_train=16",
@@ -227,7 +227,7 @@ def test_cli_exports_a_trained_run(tmp_path):
     assert cli.main(["export", str(run), "--nms", "--conf", "0.001"]) == 0
     detector = ex.load(run / "export" / "model.jax")
     assert detector.imgsz == 64 and detector.class_names
-    model = restore_for_inference(run)[0]
+    model = restore_run(run).model
     x = np.random.default_rng(0).random((1, 64, 64, 3), np.float32)
     graphdef, state = nnx.split(model)
     det, valid = jax.jit(lambda x: make_postprocess(conf_thres=0.001)(

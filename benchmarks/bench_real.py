@@ -96,10 +96,11 @@ def _coco_rows(image_id: int, boxes, scores, labels) -> list[dict]:
 def child_detjax(args, out: str, paths: dict) -> dict:
     from detjax.config import load_config
     from detjax.data import read_image
-    from detjax.eval.cli import load_run
+    from detjax.eval.validation import inference_fn
     from detjax.infer.predict import Predictor
-    from detjax.train.loop import enable_compile_cache, train_and_evaluate
-    from detjax.train.step import eval_forward
+    from detjax.run import restore_run
+    from detjax.train.cli import enable_compile_cache
+    from detjax.train.loop import train_and_evaluate
 
     workdir = os.path.join(out, "detjax_run")
     overrides = ["data.format=voc", f"data.path={args.data}", f"train.epochs={args.epochs}",
@@ -112,8 +113,9 @@ def child_detjax(args, out: str, paths: dict) -> dict:
     t0 = time.perf_counter()
     final = train_and_evaluate(cfg, workdir)
     train_s = time.perf_counter() - t0
-    run = load_run(os.path.join(workdir, "checkpoints"))  # last epoch, not best-on-val
-    predictor = Predictor(eval_forward, run.state, imgsz=args.imgsz, conf_thres=0.001,
+    run = restore_run(os.path.join(workdir, "checkpoints"))  # last epoch, not best-on-val
+    forward, variables = inference_fn(run.model)  # EMA weights, eval mode
+    predictor = Predictor(forward, variables, imgsz=args.imgsz, conf_thres=0.001,
                           iou_thres=0.7, max_det=300, batch_size=8)
     rows = []
     for i, path in enumerate(paths["val_images"]):

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COLAB = ROOT / "colab"
 NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
 # notebooks that need a real data set (found by walking up from the repository: shared/data/)
-NEEDS_DATA = {"anchors.ipynb": "raccoon"}
+NEEDS_DATA = {"anchors.ipynb": "raccoon", "finetune_your_data.ipynb": "raccoon"}
 SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"}
 
 
@@ -45,8 +45,8 @@ def _kernel_env(tmp_path: Path) -> str:
 
 def test_notebooks_exist():
     names = {p.name for p in NOTEBOOKS}
-    assert {"quickstart.ipynb", "vmap_losses.ipynb", "anchors.ipynb",
-            "train_tpu.ipynb"} <= names, names
+    assert {"quickstart.ipynb", "vmap_losses.ipynb", "anchors.ipynb", "train_tpu.ipynb",
+            "finetune_your_data.ipynb"} <= names, names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("detjax.export:main", "deploy a run as jax.export/ONNX: detjax export RUN_DIR"),
     "data": ("detjax.data.cli:main", "check a data set or export the synthetic one: detjax data"),
     "tune": ("detjax.tune.cli:main", "search hyperparameters: detjax tune [config] --trials N"),
+    "quantize": ("detjax.compress.cli:main", "int8 PTQ into a new run: detjax quantize RUN"),
 }
 
 

@@ -3,6 +3,8 @@ channel and equal to a NumPy recomputation, static activation ranges and scales 
 recomputation, outputs within a stated tolerance of the float model, and clear errors for bad
 settings."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from detjax.models.quantize import (
 )
 
 pytest.importorskip("qwix")
+from test_run import run_copy, trained  # noqa: E402, F401  (the toy run fixtures)
 
 RNG = np.random.default_rng(12)
 
@@ -128,3 +131,25 @@ def test_bad_settings_are_named():
         quantize_ptq(model, [])
     with pytest.raises(ValueError, match=r"float \[B, H, W, 3\]"):
         calibrate(model, [np.zeros((1, 64, 64, 3), np.uint8)])
+
+
+@pytest.mark.slow
+def test_quantize_command_writes_a_run_that_restores_int8(run_copy, tmp_path):  # noqa: F811
+    from detjax import run as run_lib
+    from detjax.compress.cli import main, quantize_run
+
+    run_dir, _ = run_copy  # a one-epoch toy-detector run (3 convolutions) on a tiny VOC set
+    out = quantize_run(str(run_dir), tmp_path / "int8", calib_batches=2)
+    assert run_lib.load_config(str(out / "config.yaml")).model.quantize.act_qtype == "int8"
+    ranges = json.loads((out / "act_ranges.json").read_text())
+    assert set(ranges) == {"c1", "c2", "head"} and all(v > 0 for v in ranges.values())
+    quant, flt = run_lib.restore_run(out), run_lib.restore_run(run_dir)
+    assert set(quantized_kernels(quant.model).values()) == {np.dtype(np.int8)}
+    assert len(quantized_kernels(quant.model)) == 3 and not quantized_kernels(flt.model)
+    # noise images reach past the ranges calibrated on the flat toy images (clipped): ~12%
+    x = _images(2, 64)
+    assert 1e-5 < _rel_error(_forward(quant.model, x), _forward(flt.model, x)) < 0.3
+    # a quantised run is not quantised twice, and bad counts are named
+    assert main([str(out), "--out", str(tmp_path / "again")]) == 2
+    with pytest.raises(ValueError, match="calib-batches must be a positive int"):
+        quantize_run(str(run_dir), tmp_path / "x", calib_batches=0)

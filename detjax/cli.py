@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("detjax.convert:main", "ultralytics .pt -> safetensors: detjax convert IN.pt OUT"),
     "prune": ("detjax.compress.prune_run:main",
               "prune a run: detjax prune RUN --method channel|magnitude --ratio 0.3"),
+    "quantize": ("detjax.compress.cli:main", "int8 PTQ into a new run: detjax quantize RUN"),
 }
 
 

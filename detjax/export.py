@@ -349,6 +349,10 @@ def restore_run(path: str | os.PathLike) -> tuple[Any, list[str], int, Path]:
     from detjax.run import restore_run as restore
 
     run = restore(path)
+    if run.config.model.get("quantize") is not None:
+        raise ValueError(f"{run.run_dir} is an int8 (qwix) run; export supports float runs "
+                         "only: export the float run it was quantised from "
+                         f"({run.config.model.quantize.get('source')})")
     return run.model, list(run.class_names), int(run.image_size), run.run_dir
 
 

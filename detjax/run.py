@@ -12,6 +12,13 @@ A run folder written by :func:`detjax.train.train_and_evaluate`::
     <run>/best/<step>/             the best-by-mAP save
     <run>/metrics.csv, steps.csv, tb/, *.png
 
+A quantised run (``detjax quantize``) is a run folder whose ``config.yaml`` sets
+``model.quantize`` (``{weight_qtype, act_qtype, act_ranges}``; ``act_ranges`` names a JSON file
+in the folder with each convolution input's calibrated range): :func:`restore_run` restores the
+float weights, then quantises them again with those ranges
+(:func:`detjax.models.quantize.quantize_from_stats`), so the model is the one that was
+calibrated.
+
 :func:`restore_run` needs no data set and does not import the training code. It builds the
 model from ``config.yaml`` and the class count, then reads the EMA weights out of the saved
 train state *by name*: each array of a save is stored under ``NNNNN_<path>`` where ``NNNNN``
@@ -245,6 +252,24 @@ def _fill(tree, field: str, saved: dict[str, Any], source: Path):
     return jax.tree_util.tree_unflatten(treedef, values)
 
 
+def _quantized(model, settings: Config, run_dir: Path, image_size: int):
+    """``model`` quantised as ``model.quantize`` says (ranges read from its JSON file)."""
+    import jax.numpy as jnp
+
+    from detjax.models.quantize import quantize_from_stats
+
+    ranges = None
+    if settings.get("act_qtype") is not None:
+        path = run_dir / str(settings.act_ranges)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the activation ranges named by "
+                                    "model.quantize.act_ranges are missing")
+        ranges = json.loads(path.read_text())
+    example = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return quantize_from_stats(model, ranges, example, weight_qtype=settings.weight_qtype,
+                               act_qtype=settings.get("act_qtype"))
+
+
 def restore_run(path: str | os.PathLike, overrides: Sequence[str] = ()) -> RestoredRun:
     """Restores a trained run from ``path`` (a run folder, its ``best`` / ``checkpoints``
     folder, or one numbered save in them) with no data set: the model with the EMA weights in
@@ -275,5 +300,7 @@ def restore_run(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Resto
     stats = _fill(stats, "ema_stats", saved, save)
     other = _fill(other, "other", saved, save)
     model = nnx.merge(graphdef, params, stats, other)
+    if cfg.model.get("quantize") is not None:
+        model = _quantized(model, cfg.model.quantize, run_dir, image_size)
     return RestoredRun(model=model, config=cfg, class_names=names, image_size=image_size,
                        run_dir=run_dir, checkpoint_dir=save, meta=meta)

@@ -329,6 +329,7 @@ class _Ctx:
 
 OP_CASES = {
     "letterbox": {}, "mosaic": {"p": 1.0, "min_area_frac": 0.0}, "copy_paste": {"p": 1.0},
+    "box_copy_paste": {"p": 1.0},
     "affine": {"degrees": 20.0, "translate": 0.0, "scale": 0.2}, "mixup": {"p": 1.0},
     "albu_geometric": {"p": 1.0}, "albu_color": {"p": 1.0}, "hsv": {}, "hflip": {"p": 1.0},
     "cutout": {"p": 1.0},

@@ -26,7 +26,7 @@ TINY = ["data.format=voc", f"data.class_names={NAMES}", "data.imgsz=64", "train.
         "data.max_boxes=4", "compile_cache=false", "data.augment.mosaic=0.0"]
 
 
-def _toy(cfg, n):
+def _toy(cfg, n, **kw):
     return ToyDetector(n, rngs=nnx.Rngs(cfg.seed))
 
 
@@ -152,11 +152,12 @@ PKG = Path(run_lib.__file__).parent
 # detjax's floors (docs: "Layers"); a `cli` module of any package is at the edge
 LAYERS = {"_lazy": 0, "config": 0, "boxes": 1, "coders": 1, "anchors": 1, "nms": 2,
           "assign": 2, "losses": 2, "models": 3, "data": 3, "run": 4, "train": 5, "eval": 5,
-          "infer": 5, "plots": 5, "cli": 6, "demo": 6, "__main__": 6}
+          "infer": 5, "plots": 5, "compress": 5, "export": 5, "tune": 5, "cli": 6, "demo": 6,
+          "__main__": 6}
 # within floor 5: eval < plots (draws eval's PR curves) < train, infer (write plots, use eval);
-# and one known reach-up: `detjax anchors DATA` reads a data set
+# tune runs training trials; and one known reach-up: `detjax anchors DATA` reads a data set
 ALLOWED = {("train", "eval"), ("infer", "eval"), ("plots", "eval"), ("train", "plots"),
-           ("infer", "plots"), ("anchors", "data")}
+           ("infer", "plots"), ("tune", "train"), ("anchors", "data")}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,5 +1,7 @@
 """Model compression: magnitude pruning (an Optax transformation), structured channel pruning
-into a physically smaller network, and the network-slimming L1 term on BatchNorm scales.
+into a physically smaller network, the network-slimming L1 term on BatchNorm scales, and int8
+post-training quantisation with qwix (:mod:`detjax.models.quantize`, where ``restore_run``
+can re-apply it).
 
 Names resolve lazily, so ``import detjax.compress`` does no work.
 """
@@ -18,6 +20,10 @@ _LAZY = {
     "prune_channels": "detjax.compress.channels",
     "get_widths": "detjax.compress.channels",
     "set_widths": "detjax.compress.channels",
+    "quantize_ptq": "detjax.models.quantize",
+    "calibrate": "detjax.models.quantize",
+    "quantize_from_stats": "detjax.models.quantize",
+    "quantized_kernels": "detjax.models.quantize",
 }
 
 

@@ -124,7 +124,7 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = False):
     model = create_model(m.name, num_classes=num_classes, head=m.head, p2=m.p2,
                          head_kwargs=head_kwargs, rngs=nnx.Rngs(cfg.seed))
     if m.channels:
-        from detjax.compress.channels import set_widths
+        from detjax.models.channels import set_widths
 
         set_widths(model, dict(m.channels))
     if pretrained and m.weights:

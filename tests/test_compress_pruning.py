@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from detjax.compress import channels as C
+from detjax.models import channels as C
 from detjax.compress.sparsity import (
     apply_masks,
     bn_scale_l1,
@@ -141,6 +141,7 @@ def test_removing_zeroed_channels_leaves_outputs_unchanged(head):
     assert shapes(template) == shapes(model)
 
 
+@pytest.mark.slow  # builds, prunes and differentiates a full detector
 def test_bn_ranking_removes_the_smallest_scales_and_the_pruned_model_trains():
     model = _model()
     group = C.channel_groups(model)[0]

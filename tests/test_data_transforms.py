@@ -392,7 +392,9 @@ def test_registered_ops_inside_loader(painted_dataset, name):
             assert not batch["gt_mask"][j][m.sum():].any()
             if name != "mixup":
                 # two resamplings here (data set -> letterbox -> op): ~1 px each
-                check_consistent(s, tol=2.5, enclose=name in ("letterbox", "hflip", "hsv"))
+                # box-only copy-paste may cover up to max_ioa of a box: boxes stay, not tight
+                check_consistent(s, tol=2.5, enclose=name in ("letterbox", "hflip", "hsv"),
+                                 tight=name != "box_copy_paste")
 
 
 @given(st.integers(8, 120), st.integers(8, 120), st.sampled_from([32, 64, 96]),

@@ -153,11 +153,14 @@ PKG = Path(run_lib.__file__).parent
 LAYERS = {"_lazy": 0, "config": 0, "boxes": 1, "coders": 1, "anchors": 1, "nms": 2,
           "assign": 2, "losses": 2, "models": 3, "data": 3, "run": 4, "train": 5, "eval": 5,
           "infer": 5, "plots": 5, "compress": 5, "export": 5, "tune": 5, "cli": 6, "demo": 6,
+          "convert": 6,
           "__main__": 6}
 # within floor 5: eval < plots (draws eval's PR curves) < train, infer (write plots, use eval);
-# tune runs training trials; and one known reach-up: `detjax anchors DATA` reads a data set
+# tune runs training trials, compress fine-tunes and evaluates pruned runs; and one known
+# reach-up: `detjax anchors DATA` reads a data set
 ALLOWED = {("train", "eval"), ("infer", "eval"), ("plots", "eval"), ("train", "plots"),
-           ("infer", "plots"), ("tune", "train"), ("anchors", "data")}
+           ("infer", "plots"), ("tune", "train"), ("compress", "train"), ("compress", "eval"),
+           ("anchors", "data")}
 
 
 def _imports(path: Path) -> set[str]:

@@ -9,7 +9,6 @@ import optax
 import pytest
 from flax import nnx
 
-from detjax.models import channels as C
 from detjax.compress.sparsity import (
     apply_masks,
     bn_scale_l1,
@@ -18,6 +17,7 @@ from detjax.compress.sparsity import (
     prune_by_magnitude,
     sparsity,
 )
+from detjax.models import channels as C
 from detjax.models import create_model
 
 RNG = np.random.default_rng(5)

@@ -62,10 +62,10 @@ def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "channel",
     import jax
     from flax import nnx
 
-    from detjax.models.channels import prune_channels
     from detjax.compress.sparsity import magnitude_masks, sparsity
     from detjax.config import dump_config, load_config
     from detjax.models import save_weights
+    from detjax.models.channels import prune_channels
     from detjax.run import restore_run
 
     check_args(method, ratio, finetune_epochs)

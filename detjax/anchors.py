@@ -160,8 +160,15 @@ def kmeans_anchors(wh: ArrayLike, num_anchors: int, *, key: jax.Array, iteration
 
 
 def ratio_metric(wh: ArrayLike, anchors: ArrayLike) -> jax.Array:
-    """YOLOv5 anchor-box ratio metric ``[N, K]``: ``min over (w, h) of min(r, 1 / r)`` with
-    ``r = box / anchor`` (1 for a perfect fit; ``> 1 / anchor_t`` means trainable)."""
+    """YOLOv5 anchor-box ratio metric (ultralytics ``utils/autoanchor.py`` ``metric``).
+
+    Args:
+      wh: ``[N, 2]`` box (width, height) in pixels.
+      anchors: ``[K, 2]`` anchor (width, height) in pixels.
+
+    Returns ``[N, K]``: ``min over (w, h) of min(r, 1 / r)`` with ``r = box / anchor`` (1 for
+    a perfect fit; ``> 1 / anchor_t`` means trainable).
+    """
     wh, anchors = _as_wh(wh), _as_wh(anchors, "anchors")
     r = wh[:, None, :] / anchors[None, :, :]  # [N, K, 2]
     return jnp.minimum(r, 1 / r).min(-1)
@@ -169,8 +176,12 @@ def ratio_metric(wh: ArrayLike, anchors: ArrayLike) -> jax.Array:
 
 def anchor_fitness(anchors: ArrayLike, wh: ArrayLike, *, thr: float = 4.0,
                    mask: ArrayLike | None = None) -> jax.Array:
-    """YOLOv5 ``kmean_anchors.anchor_fitness``: mean over boxes of ``best * (best > 1/thr)``,
-    ``best`` the box's highest :func:`ratio_metric` over the anchors."""
+    """YOLOv5 ``kmean_anchors.anchor_fitness`` -> scalar: mean over boxes of
+    ``best * (best > 1/thr)``, ``best`` the box's highest :func:`ratio_metric` over the anchors.
+
+    ``anchors`` ``[K, 2]`` and ``wh`` ``[N, 2]`` are (width, height) in pixels; ``mask``
+    ``[N]`` (optional) marks the real boxes of a padded ``wh``.
+    """
     wh = _as_wh(wh)
     best = ratio_metric(wh, anchors).max(1)
     return _mean(best * (best > 1 / thr), _weights(wh, mask))
@@ -178,14 +189,24 @@ def anchor_fitness(anchors: ArrayLike, wh: ArrayLike, *, thr: float = 4.0,
 
 def best_possible_recall(anchors: ArrayLike, wh: ArrayLike, *, thr: float = 4.0,
                          mask: ArrayLike | None = None) -> jax.Array:
-    """YOLOv5 BPR: fraction of boxes whose best :func:`ratio_metric` exceeds ``1 / thr``."""
+    """YOLOv5 best possible recall (ultralytics ``check_anchors`` ``bpr``) -> scalar: the
+    fraction of boxes whose best :func:`ratio_metric` exceeds ``1 / thr``.
+
+    ``anchors`` ``[K, 2]`` and ``wh`` ``[N, 2]`` are (width, height) in pixels; ``mask``
+    ``[N]`` (optional) marks the real boxes of a padded ``wh``.
+    """
     wh = _as_wh(wh)
     return _mean(ratio_metric(wh, anchors).max(1) > 1 / thr, _weights(wh, mask))
 
 
 def anchors_above_threshold(anchors: ArrayLike, wh: ArrayLike, *, thr: float = 4.0,
                             mask: ArrayLike | None = None) -> jax.Array:
-    """YOLOv5 "anchors past thr": mean number of anchors per box with metric ``> 1 / thr``."""
+    """YOLOv5 "anchors past thr" (ultralytics ``check_anchors`` ``aat``) -> scalar: the mean
+    number of anchors per box with :func:`ratio_metric` ``> 1 / thr``.
+
+    ``anchors`` ``[K, 2]`` and ``wh`` ``[N, 2]`` are (width, height) in pixels; ``mask``
+    ``[N]`` (optional) marks the real boxes of a padded ``wh``.
+    """
     wh = _as_wh(wh)
     return _mean((ratio_metric(wh, anchors) > 1 / thr).sum(1), _weights(wh, mask))
 
@@ -221,6 +242,11 @@ def evolve_anchors(anchors: ArrayLike, wh: ArrayLike, *, key: jax.Array,
     many mutants per generation (one batched evaluation) and keeps the best: more search
     for the same number of sequential steps. Jittable; ``generations`` and ``population``
     are static.
+
+    Args:
+      anchors: ``[K, 2]`` starting anchor (width, height) in pixels (e.g. k-means centres).
+      wh: ``[N, 2]`` box (width, height) in pixels; ``mask`` ``[N]`` marks real boxes.
+      key: PRNG key of the mutations.
     """
     wh = _as_wh(wh)
     anchors = _as_wh(anchors, "anchors")

@@ -97,9 +97,11 @@ def box_area(boxes: ArrayLike) -> jax.Array:
 
 
 def clip_boxes(boxes: ArrayLike, size: tuple[int, int] | ArrayLike) -> jax.Array:
-    """Clips ``[..., 4]`` xyxy boxes to an image of ``size = (height, width)``.
+    """Clips ``[..., 4]`` xyxy pixel boxes to an image of ``size = (height, width)``
+    (torchvision ``ops.clip_boxes_to_image``; x in ``[0, width]``, y in ``[0, height]``).
 
-    ``size`` may be a traced array of shape ``[2]`` (or broadcastable ``[..., 2]``).
+    ``size`` may be a traced array of shape ``[2]`` (or broadcastable ``[..., 2]``, one size
+    per image). Returns the clipped boxes, same shape; jittable and vmappable.
     """
     boxes = jnp.asarray(boxes)
     if boxes.ndim < 1 or boxes.shape[-1] != 4:

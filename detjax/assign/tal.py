@@ -251,8 +251,16 @@ def task_aligned(pd_scores: ArrayLike, pd_boxes: ArrayLike, anchor_points: Array
 def batched_task_aligned(pd_scores: ArrayLike, pd_boxes: ArrayLike, anchor_points: ArrayLike,
                          gt_labels: ArrayLike, gt_boxes: ArrayLike, gt_mask: ArrayLike,
                          **kwargs) -> TaskAlignedTargets:
-    """:func:`task_aligned` over a batch: ``pd_scores [B, A, C]``, ``pd_boxes [B, A, 4]``,
-    ``anchor_points [A, 2]`` (shared), ``gt_labels [B, M]``, ``gt_boxes [B, M, 4]``,
-    ``gt_mask [B, M]`` -> targets with a leading ``B`` axis (``jax.vmap``)."""
+    """:func:`task_aligned` over a batch (ultralytics ``TaskAlignedAssigner.forward``, which
+    takes the batch the same way) -> targets with a leading ``B`` axis (``jax.vmap``).
+
+    Args:
+      pd_scores: ``[B, A, C]`` predicted class probabilities (after the sigmoid).
+      pd_boxes: ``[B, A, 4]`` predicted boxes, xyxy in the same units as ``anchor_points``.
+      anchor_points: ``[A, 2]`` anchor centres (x, y), shared by the batch.
+      gt_labels: ``[B, M]`` int class ids; ``gt_boxes``: ``[B, M, 4]`` xyxy;
+        ``gt_mask``: ``[B, M]`` bool, real (unpadded) ground truths.
+      **kwargs: the keyword arguments of :func:`task_aligned` (``topk``, ``alpha``, ``beta``, ...).
+    """
     fn = lambda s, b, lab, g, m: task_aligned(s, b, anchor_points, lab, g, m, **kwargs)
     return jax.vmap(fn)(pd_scores, pd_boxes, gt_labels, gt_boxes, gt_mask)

@@ -172,9 +172,12 @@ def _fill_missing(imap: np.ndarray, record: Record) -> np.ndarray:
 
 def pad_boxes(boxes: np.ndarray, labels: np.ndarray, max_boxes: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Pads/crops to ``max_boxes``: (boxes [M, 4], labels [M], gt_mask [M], n_dropped).
+    """Pads/crops one image's ``boxes [N, 4]`` (xyxy pixels) and ``labels [N]`` to
+    ``M = max_boxes``: (boxes ``[M, 4]`` float32 xyxy, labels ``[M]`` int32, gt_mask ``[M]``
+    bool, n_dropped). Padding rows are zero with ``gt_mask`` False.
 
-    When there are more boxes than ``max_boxes``, the largest ones are kept.
+    When there are more boxes than ``max_boxes``, the largest ones (by area) are kept in their
+    original order.
     """
     n = len(labels)
     dropped = max(0, n - max_boxes)

@@ -54,8 +54,12 @@ def pr_curve(result: dict[str, Any], *, iou: float = 0.5, area: str = "all",
 
 
 def best_f1(curve: PRCurve) -> tuple[np.ndarray, np.ndarray]:
-    """Best F1 = 2PR/(P+R) over the recall points, per class ``[K]`` (NaN if absent), and the
-    recall where it is reached ``[K]``."""
+    """Best F1 = 2PR/(P+R) over the recall points of ``curve`` (COCO's interpolated
+    precision at its 101 recall thresholds, as pycocotools' ``eval['precision']``).
+
+    Returns (best F1 per class ``[K]``, NaN for classes absent from the ground truth; the
+    recall where it is reached ``[K]``).
+    """
     r = curve.recall[None, :]
     f1 = 2 * curve.precision * r / np.maximum(curve.precision + r, 1e-16)
     absent = np.isnan(f1).all(axis=1)

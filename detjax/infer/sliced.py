@@ -47,8 +47,13 @@ def slice_windows(height: int, width: int, *, slice_size: int | tuple[int, int] 
 
 def merge_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *,
               iou_thres: float = 0.5, agnostic: bool = False) -> np.ndarray:
-    """Indices kept by class-aware (or ``agnostic``) greedy NMS, descending score order.
-    Inputs are padded to a power of two with ``-inf`` scores so few shapes compile."""
+    """Indices kept by class-aware (or ``agnostic``) greedy NMS (torchvision
+    ``batched_nms`` semantics), in descending score order.
+
+    ``boxes [N, 4]`` xyxy pixels, ``scores [N]``, ``labels [N]`` int; returns int64 ``[K]``
+    indices into them. Inputs are padded to a power of two with ``-inf`` scores so few shapes
+    compile.
+    """
     n = len(scores)
     if n == 0:
         return np.zeros(0, np.int64)

@@ -130,6 +130,7 @@ def _val_map(path, out, *extra) -> float:
     return json.loads((out / "metrics.json").read_text())["map"]
 
 
+@pytest.mark.slow  # two toy runs trained once (~60 s), then ~20 s
 def test_sweep_grid_points_equal_separate_val_runs(runs, tmp_path, capsys):
     run = runs[0]
     assert val_main([str(run), "--sweep", "--sweep-iou", "0.5,0.7", "--sweep-conf",
@@ -150,6 +151,7 @@ def test_sweep_grid_points_equal_separate_val_runs(runs, tmp_path, capsys):
     assert set(sweep["f1"]["per_class"]) == set(sweep["metrics_at_best"]["per_class_ap"])
 
 
+@pytest.mark.slow  # two toy runs trained once (~60 s), then ~20 s
 def test_ensemble_of_a_run_with_itself_under_nms_is_the_run(runs, tmp_path):
     run = runs[0]
     single = _val_map(run, tmp_path / "single")
@@ -171,6 +173,7 @@ def test_ensemble_of_a_run_with_itself_under_nms_is_the_run(runs, tmp_path):
     assert one.strip() and (tmp_path / "p2" / "x.txt").read_text() == one
 
 
+@pytest.mark.slow  # two toy runs trained once (~60 s), then ~20 s
 def test_wbf_ensemble_of_two_image_sizes_end_to_end(runs, tmp_path, capsys):
     a, b = runs
     out = tmp_path / "wbf"
@@ -188,6 +191,7 @@ def test_wbf_ensemble_of_two_image_sizes_end_to_end(runs, tmp_path, capsys):
     assert (tmp_path / "p" / "x.png").exists()
 
 
+@pytest.mark.slow  # two toy runs trained once (~60 s), then ~20 s
 def test_ensemble_of_runs_with_other_class_names_fails_clearly(runs, tmp_path, capsys):
     other = tmp_path / "other"
     shutil.copytree(runs[1], other)
@@ -215,3 +219,28 @@ def test_parse_grid():
     assert parse_grid("0.6,0.7") == (0.6, 0.7)
     with pytest.raises(ValueError, match="start:stop:step"):
         parse_grid("0.5:0.8")
+
+
+def test_class_names_must_match_and_ensemble_predictor_fuses_members():
+    from detjax.infer.ensemble import EnsemblePredictor, check_class_names
+    from detjax.infer.predict import Prediction
+
+    assert check_class_names([["a", "b"], ["a", "b"]], ["r1", "r2"]) == ["a", "b"]
+    with pytest.raises(ValueError, match=r"r1 has \['a', 'b'\], r2 has \['b', 'a'\]"):
+        check_class_names([["a", "b"], ["b", "a"]], ["r1", "r2"])
+
+    class Member:
+        batch_size = 4
+
+        def __init__(self, shift):
+            self.shift = shift
+
+        def __call__(self, images):
+            box = np.array([[10.0 + self.shift, 10, 30, 30]])
+            return [Prediction(box, np.array([0.8]), np.array([1])) for _ in images]
+
+    [pred] = EnsemblePredictor([Member(0.0), Member(2.0)], method="wbf")([np.zeros((40, 40, 3))])
+    np.testing.assert_allclose(pred.boxes, [[11.0, 10, 30, 30]])
+    assert pred.scores.tolist() == [pytest.approx(0.8)] and pred.labels.tolist() == [1]
+    with pytest.raises(ValueError, match="ensemble method"):
+        EnsemblePredictor([Member(0.0)], method="mean")

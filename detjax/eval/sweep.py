@@ -10,7 +10,9 @@ model at conf 0.001 keeps a fraction of the ``A`` columns. Letterbox parameters 
 truth come along; images do not.
 
 :func:`sweep_nms` runs :func:`detjax.non_max_suppression` on those arrays, vmapped over the IoU
-thresholds (one compiled call per batch instead of one per threshold), and scores each grid
+thresholds (one compiled call per batch instead of one per threshold: 1.3 s against 2.5 s for
+7 thresholds on random ``[4, 84, 2100]`` predictions at conf 0.001, multi-label, on a busy
+2-core CPU), and scores each grid
 point with :class:`~detjax.eval.Evaluator` exactly as :func:`detjax.eval.evaluate` does (the
 same detections up to float rounding of the separately compiled forward). For greedy and
 DIoU-NMS the confidence axis costs no NMS at all: a candidate is only ever suppressed by a

@@ -150,6 +150,30 @@ def plot_pr_curve(result: dict[str, Any], out_path: str, *, iou: float = 0.5) ->
     return _save(fig, out_path)
 
 
+def plot_f1_curve(result: dict[str, Any], out_path: str, *, iou: float = 0.5) -> str:
+    """Per-class and mean F1 against the score threshold at one IoU threshold from a
+    ``coco_evaluate`` result (``F1_curve.png``; :func:`detjax.eval.pr.f1_curve`). Returns
+    ``out_path``."""
+    from detjax.eval.pr import best_f1_confidence, f1_curve
+
+    curve = f1_curve(result, iou=iou)
+    names = result.get("class_names") or [str(k) for k in range(len(curve.f1))]
+    conf, best, conf_all, f1_all = best_f1_confidence(curve)
+    fig, axes = _figure(1, 1, (6.4, 5.2))
+    ax = axes[0, 0]
+    show_legend = len(names) <= 20
+    for k, row in enumerate(curve.f1):
+        if not np.isnan(row).all():
+            ax.plot(curve.confidence, row, linewidth=1, color=np.array(class_color(k)) / 255,
+                    label=f"{names[k]} {best[k]:.2f} at {conf[k]:.3f}" if show_legend else None)
+    ax.plot(curve.confidence, curve.mean, linewidth=3, color="blue",
+            label=f"all classes {f1_all:.2f} at {conf_all:.3f}")
+    ax.set(xlabel="Confidence", ylabel="F1", xlim=(0, 1), ylim=(0, 1.01),
+           title=f"F1-confidence curve (IoU {iou:g})")
+    ax.legend(loc="lower left", fontsize=7)
+    return _save(fig, out_path)
+
+
 def plot_val_grid(images: Sequence[Any], predictions: Sequence[Any],
                   ground_truths: Sequence[Any], out_path: str, *,
                   class_names: Sequence[str] | None = None, ncols: int = 4,

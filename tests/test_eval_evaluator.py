@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detjax.eval import Evaluator, best_f1, coco_evaluate, confidence_curves, pr_curve
+from detjax.eval import (
+    Evaluator,
+    best_f1,
+    best_f1_confidence,
+    coco_evaluate,
+    confidence_curves,
+    f1_curve,
+    pr_curve,
+)
 from detjax.eval.evaluator import scale_boxes
 
 
@@ -167,3 +175,23 @@ def test_update_batch_with_records_uses_untruncated_original_ground_truth():
     with pytest.raises(ValueError, match="'index'"):
         ev.update_batch(out, valid, {k: v for k, v in batch.items() if k != "index"},
                         records=records)
+
+
+def test_f1_curve_best_confidence_is_the_operating_point():
+    # one class, 4 objects; detections 0.9, 0.8, 0.7 hit three of them, 0.6 hits nothing:
+    # thresholds in (0.6, 0.7] give P = 1, R = 3/4, F1 = 6/7, the best
+    gt = np.array([[0.0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]])
+    det = np.concatenate([gt[:3], [[0.0, 30, 10, 40]]])
+    res = coco_evaluate([(det, [0.9, 0.8, 0.7, 0.6], [0, 0, 0, 0])], [(gt, [0, 0, 0, 0]),
+                                                                        ],
+                        num_classes=2)
+    curve = f1_curve(res)
+    assert curve.f1.shape == (2, 1001) and np.isnan(curve.f1[1]).all()
+    at = lambda t: curve.f1[0, int(round(t * 1000))]
+    assert at(0.75) == pytest.approx(2 * 0.5 / 1.5) and at(0.95) == 0.0
+    assert at(0.7) == pytest.approx(6 / 7) and at(0.85) == pytest.approx(2 * 0.25 / 1.25)
+    conf, f1, conf_all, f1_all = best_f1_confidence(curve)
+    assert conf[0] == pytest.approx(0.7) and f1[0] == pytest.approx(6 / 7)
+    assert np.isnan(conf[1]) and np.isnan(f1[1])
+    assert (conf_all, f1_all) == (pytest.approx(0.7), pytest.approx(6 / 7))
+    np.testing.assert_allclose(curve.mean, curve.f1[0])

@@ -47,12 +47,13 @@ def test_plot_metrics_from_csv(tmp_path):
         plots.plot_metrics(str(empty), str(tmp_path / "x.png"))
 
 
-def test_plot_pr_curve_and_val_grid(tmp_path):
+def test_plot_pr_f1_curves_and_val_grid(tmp_path):
     rng = np.random.default_rng(0)
     gts = [(np.array([[5.0, 5, 30, 30], [40, 10, 60, 50]]), np.array([0, 1])) for _ in range(3)]
     dets = [(g[0] + rng.normal(0, 1, (2, 4)), np.array([0.9, 0.6]), g[1]) for g in gts]
     res = coco_evaluate(dets, gts, class_names=["a", "b"])
     _png_ok(plots.plot_pr_curve(res, str(tmp_path / "PR_curve.png")))
+    _png_ok(plots.plot_f1_curve(res, str(tmp_path / "F1_curve.png")))
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
     _png_ok(plots.plot_val_grid(images, dets, gts, str(tmp_path / "val.png"),
                                 class_names=["a", "b"], ncols=2))

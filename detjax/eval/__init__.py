@@ -14,6 +14,7 @@ _LAZY = {
     "coco_json_to_inputs": "detjax.eval.coco",
     "Evaluator": "detjax.eval.evaluator",
     "evaluate": "detjax.eval.validation",
+    "accumulate": "detjax.eval.validation",
     "predict_batch": "detjax.eval.validation",
     "eval_settings": "detjax.eval.validation",
     "inference_fn": "detjax.eval.validation",
@@ -22,6 +23,13 @@ _LAZY = {
     "PRCurve": "detjax.eval.pr",
     "best_f1": "detjax.eval.pr",
     "confidence_curves": "detjax.eval.pr",
+    "f1_curve": "detjax.eval.pr",
+    "F1Curve": "detjax.eval.pr",
+    "best_f1_confidence": "detjax.eval.pr",
+    "raw_predictions": "detjax.eval.sweep",
+    "RawPredictions": "detjax.eval.sweep",
+    "sweep_nms": "detjax.eval.sweep",
+    "Sweep": "detjax.eval.sweep",
 }
 
 

@@ -84,3 +84,52 @@ def confidence_curves(result: dict[str, Any], *, iou: float = 0.5, area: str = "
     f1 = 2 * p * r / np.maximum(p + r, 1e-16)
     return {"confidence": np.where(reached, s, np.nan), "precision": p,
             "recall": np.asarray(result["recall_thresholds"]), "f1": f1}
+
+
+class F1Curve(NamedTuple):
+    """F1 against the score threshold: ``confidence [G]`` (0..1), ``f1 [K, G]`` (NaN rows for
+    absent classes), ``mean [G]`` over the present classes, ``iou`` of the slice."""
+
+    confidence: np.ndarray
+    f1: np.ndarray
+    mean: np.ndarray
+    iou: float
+
+
+def f1_curve(result: dict[str, Any], *, iou: float = 0.5, area: str = "all",
+             max_det: int | None = None, points: int = 1001) -> F1Curve:
+    """F1 of every class at ``points`` score thresholds ``linspace(0, 1)`` (the x axis of
+    ultralytics' ``F1_curve.png``), from :func:`confidence_curves`.
+
+    A threshold ``t`` operates at the highest recall point reached with score ``>= t``; its F1
+    is that point's, with COCO's interpolated precision; 0 where no recall point qualifies.
+    The COCO arrays record nothing about detections scoring below the point where recall
+    stops rising, so each class's curve is a step function that stays flat from there down to
+    0: the informative threshold of a step is its upper end, the score where that recall is
+    reached (what :func:`best_f1_confidence` reports).
+    """
+    curves = confidence_curves(result, iou=iou, area=area, max_det=max_det)
+    absent = pr_curve(result, iou=iou, area=area, max_det=max_det).ap < 0  # [K]
+    conf = np.arange(points) / (points - 1)  # k / n rounds to the nearest double: 0.7 is 0.7
+    score = np.nan_to_num(curves["confidence"], nan=-1.0)  # [K, R]; never reached: -1
+    ok = score[:, None, :] >= conf[None, :, None]  # [K, G, R]
+    last = ok.shape[2] - 1 - np.argmax(ok[..., ::-1], axis=2)  # highest qualifying point
+    f1 = np.take_along_axis(np.nan_to_num(curves["f1"]), last, axis=1)  # [K, G]
+    f1 = np.where(ok.any(axis=2), f1, 0.0)
+    f1[absent] = np.nan
+    mean = f1[~absent].mean(axis=0) if (~absent).any() else np.zeros(points)
+    return F1Curve(conf, f1, mean, float(iou))
+
+
+def best_f1_confidence(curve: F1Curve) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """``(conf [K], f1 [K], conf_all, f1_all)``: per class (NaN if absent) and for the class
+    mean, the highest score threshold of the grid where F1 is at its maximum (the upper end of
+    the best step of :func:`f1_curve`), and that F1."""
+    last = len(curve.confidence) - 1
+    f1 = np.nan_to_num(curve.f1, nan=-1.0)
+    idx = last - np.argmax(f1[:, ::-1], axis=1)  # the highest threshold among the best
+    absent = np.isnan(curve.f1).all(axis=1)
+    conf = np.where(absent, np.nan, curve.confidence[idx])
+    best = np.where(absent, np.nan, f1[np.arange(len(f1)), idx])
+    m = last - int(np.argmax(curve.mean[::-1]))
+    return conf, best, float(curve.confidence[m]), float(curve.mean[m])

@@ -87,6 +87,47 @@ def eval_settings(cfg) -> dict[str, Any]:
             "soft_min_score": float(e.soft_min_score)}
 
 
+def accumulate(model, loader, *, class_names: Sequence[str] | None = None,
+               keep_images: int = 0, conf_thres: float = 0.001, iou_thres: float = 0.7,
+               max_det: int = 300, multi_label: bool = True, nms: str = "greedy",
+               soft_sigma: float = 0.5, soft_min_score: float = 0.001):
+    """One pass of ``loader`` through ``model`` (NNX detector, eval mode) and the val
+    postprocess -> ``(Evaluator, samples)``: the :class:`~detjax.eval.Evaluator` holds every
+    image's detections and ground truth (``xyxy`` original pixels, loader order), not yet
+    scored; ``samples`` as in :func:`evaluate`.
+
+    Ground truth comes from the loader's data set (every box, original pixels) when the loader
+    does not augment; a batch's copy is capped at ``data.max_boxes``.
+    """
+    from flax import nnx
+
+    from detjax.eval.evaluator import Evaluator
+
+    graphdef, variables = nnx.split(model)
+    ev = Evaluator(num_classes=len(class_names) if class_names else None,
+                   class_names=list(class_names) if class_names else None)
+    records = loader_records(loader)
+    samples: list = []
+    for batch in loader.epoch():
+        det, valid = jax.device_get(_predict(
+            graphdef, variables, batch["images"], np.float32(iou_thres), np.float32(soft_sigma),
+            np.float32(soft_min_score), conf_thres=float(conf_thres), max_det=int(max_det),
+            multi_label=bool(multi_label), nms=str(nms)))
+        ev.update_batch(det, valid, batch,
+                        records=records if records is not None and "index" in batch else None)
+        samples += _samples(det, valid, batch, keep_images - len(samples))
+    return ev, samples
+
+
+def loader_records(loader) -> Sequence[Any] | None:
+    """The data set records (``xyxy`` original-pixel ground truth) behind a loader that does
+    not augment, else None (then a batch's own, letterboxed ground truth is used)."""
+    records = getattr(getattr(loader, "dataset", None), "records", None)
+    if getattr(getattr(loader, "config", None), "augment", True):
+        return None
+    return records
+
+
 def evaluate(model, loader, *, class_names: Sequence[str] | None = None,
              keep_images: int = 0, conf_thres: float = 0.001, iou_thres: float = 0.7,
              max_det: int = 300, multi_label: bool = True, nms: str = "greedy",
@@ -101,25 +142,10 @@ def evaluate(model, loader, *, class_names: Sequence[str] | None = None,
     Ground truth comes from the loader's data set (every box, original pixels) when the loader
     does not augment; a batch's copy is capped at ``data.max_boxes``.
     """
-    from flax import nnx
-
-    from detjax.eval.evaluator import Evaluator
-
-    graphdef, variables = nnx.split(model)
-    ev = Evaluator(num_classes=len(class_names) if class_names else None,
-                   class_names=list(class_names) if class_names else None)
-    records = getattr(getattr(loader, "dataset", None), "records", None)
-    if getattr(getattr(loader, "config", None), "augment", True):
-        records = None
-    samples: list = []
-    for batch in loader.epoch():
-        det, valid = jax.device_get(_predict(
-            graphdef, variables, batch["images"], np.float32(iou_thres), np.float32(soft_sigma),
-            np.float32(soft_min_score), conf_thres=float(conf_thres), max_det=int(max_det),
-            multi_label=bool(multi_label), nms=str(nms)))
-        ev.update_batch(det, valid, batch,
-                        records=records if records is not None and "index" in batch else None)
-        samples += _samples(det, valid, batch, keep_images - len(samples))
+    ev, samples = accumulate(model, loader, class_names=class_names, keep_images=keep_images,
+                             conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det,
+                             multi_label=multi_label, nms=nms, soft_sigma=soft_sigma,
+                             soft_min_score=soft_min_score)
     return ev.compute(), samples
 
 

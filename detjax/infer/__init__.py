@@ -22,6 +22,9 @@ _LAZY = {
     "weighted_boxes_fusion": "detjax.infer.fusion",
     "fuse_detections": "detjax.infer.fusion",
     "fuse_images": "detjax.infer.fusion",
+    "EnsemblePredictor": "detjax.infer.ensemble",
+    "evaluate_ensemble": "detjax.infer.ensemble",
+    "check_class_names": "detjax.infer.ensemble",
 }
 
 

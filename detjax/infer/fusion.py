@@ -31,8 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from detjax.boxes import box_iou
-
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 FUSION_METHODS = ("wbf", "nms", "soft")
 
@@ -59,6 +57,17 @@ def _prefilter(boxes_list: Sequence[Any], scores_list: Sequence[Any],
             np.concatenate(model))
 
 
+def _iou_with(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of ``boxes [F, 4]`` with one ``box [4]`` (``xyxy``, float64, no eps: positive areas
+    only). In NumPy because WBF asks once per input box: an eager ``box_iou`` call per box
+    cost ~10 ms of dispatch, seconds for an image with 300 detections per model."""
+    lt = np.maximum(boxes[:, :2], box[:2])
+    rb = np.minimum(boxes[:, 2:], box[2:])
+    inter = np.prod(np.clip(rb - lt, 0.0, None), axis=1)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / (area + np.prod(box[2:] - box[:2]) - inter)
+
+
 def _fuse_label(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, conf_type: str
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes of one label sorted by score -> fused boxes, scores (before rescaling), sizes."""
@@ -68,7 +77,7 @@ def _fuse_label(boxes: np.ndarray, scores: np.ndarray, iou_thr: float, conf_type
     for j in range(len(boxes)):
         best = -1
         if len(fused):
-            iou = np.asarray(box_iou(fused, boxes[j:j + 1]))[:, 0]
+            iou = _iou_with(fused, boxes[j])
             if iou.max() > iou_thr:
                 best = int(np.argmax(iou))
         if best < 0:

@@ -105,10 +105,7 @@ def feature_imitation_loss(student_feat: ArrayLike, teacher_feat: ArrayLike) -> 
     width by a learned 1x1 adapter where the widths differ, regresses the teacher's map.
     Callers reduce (mean over elements, summed over pyramid levels).
     """
-    s, t = float_pair(student_feat, teacher_feat, "student_feat", "teacher_feat")
-    if s.shape != t.shape:
-        raise ValueError(f"student and teacher features must have equal shapes (adapt the "
-                         f"student's width first), got {s.shape} and {t.shape}")
+    s, t = float_pair(student_feat, teacher_feat, "student_feat", "teacher_feat")  # same shape
     return jnp.square(s - jax.lax.stop_gradient(t))
 
 

@@ -20,6 +20,7 @@ this does not recompile.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -37,6 +38,7 @@ from detjax.eval.validation import eval_settings, evaluate
 from detjax.train import budget, logs, optim
 from detjax.train.checkpoint import Checkpointer
 from detjax.train.distill import distill_config, load_teacher
+from detjax.train.qat import prepare_qat
 from detjax.train.runner import Runner
 from detjax.train.state import StepConfig, TrainState, create_train_state, ema_model
 
@@ -71,8 +73,6 @@ def resolve_class_weights(cfg: Config, train_ds) -> Config:
     loss = cfg.train.loss
     if not isinstance(loss, Config) or loss.get("class_weights") != "auto":
         return cfg
-    import copy
-
     from detjax.losses import class_weights_from_counts
 
     labels = [np.asarray(r.labels).ravel() for r in train_ds.records]
@@ -188,6 +188,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
     resuming = bool(cfg.resume) and ckpt.latest_step() is not None
     model = run_lib.build_model(cfg, len(class_names), pretrained=not resuming)
+    quantize = prepare_qat(cfg, workdir, model, class_names, write=is_main)
+    if quantize is not None and is_main:  # the run folder restores as the int8 model
+        saved_cfg = copy.deepcopy(cfg)
+        saved_cfg.model.quantize = quantize
+        dump_config(saved_cfg, workdir / "config.yaml")
     teacher = load_teacher(cfg, class_names, model)
     state = create_train_state(model, step_config(cfg, nb, len(class_names), tx=tx),
                                teacher=teacher)

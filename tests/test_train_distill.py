@@ -149,3 +149,17 @@ def test_tiny_distillation_run_trains_and_restores(tmp_path, monkeypatch):
     images = step_lib.images_to_float(toy_batch(0, batch=1, size=64)["images"])
     assert restored.model.predict(restored.model(images)).shape[:2] == (
         1, 4 + len(restored.class_names))
+
+
+def test_train_freeze_leaves_the_feature_adapter_trainable():
+    from detjax.models import freeze_mask
+
+    student = tiny_detector()
+    student.feature_adapter = FeatureAdapter(student.neck.out_channels, (8, 16, 32),
+                                             rngs=nnx.Rngs(0))
+    mask = freeze_mask(nnx.state(student, nnx.Param), 22)  # everything but the head
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): bool(v)
+            for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    assert any(flat.values())
+    adapter = [v for k, v in flat.items() if k.startswith("feature_adapter")]
+    assert adapter and not any(adapter)

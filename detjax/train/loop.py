@@ -188,7 +188,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
     resuming = bool(cfg.resume) and ckpt.latest_step() is not None
     model = run_lib.build_model(cfg, len(class_names), pretrained=not resuming)
-    quantize = prepare_qat(cfg, workdir, model, class_names, write=is_main)
+    quantize = prepare_qat(cfg, workdir, model, class_names, resuming=resuming,
+                           write=is_main)
     if quantize is not None and is_main:  # the run folder restores as the int8 model
         saved_cfg = copy.deepcopy(cfg)
         saved_cfg.model.quantize = quantize

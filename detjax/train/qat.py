@@ -30,11 +30,13 @@ CALIB_BATCHES = 32  # detjax quantize's default --calib-batches
 
 
 def prepare_qat(cfg: Config, workdir: Path, model: nnx.Module, class_names: list[str], *,
-                write: bool = True) -> dict[str, Any] | None:
-    """With ``cfg.train.qat``: fake-quantises ``model`` in place (ranges calibrated now, or
-    read from ``workdir/act_ranges.json`` when it exists; ``write``: save new ranges there,
-    the main process only) and returns the ``model.quantize`` settings for the run's
-    ``config.yaml``; without it, ``None``."""
+                resuming: bool = False, write: bool = True) -> dict[str, Any] | None:
+    """With ``cfg.train.qat``: fake-quantises ``model`` in place and returns the
+    ``model.quantize`` settings for the run's ``config.yaml``; without it, ``None``.
+
+    The ranges are read from ``workdir/act_ranges.json`` when it exists, else calibrated now
+    (``write``: saved there, the main process only) on ``model``'s weights or, when
+    ``resuming`` a float run, on the EMA weights of its latest save."""
     if not cfg.train.get("qat"):
         return None
     from detjax.models.quantize import calibrate, fake_quantized
@@ -47,7 +49,12 @@ def prepare_qat(cfg: Config, workdir: Path, model: nnx.Module, class_names: list
     if path.is_file():
         ranges = json.loads(path.read_text())
     else:
-        ranges, _ = calibrate(model, calibration_images(cfg, class_names),
+        source = model
+        if resuming:  # a float run continued with train.qat: calibrate its trained weights
+            from detjax.run import restore_run
+
+            source = restore_run(workdir / "checkpoints").model  # the latest save
+        ranges, _ = calibrate(source, calibration_images(cfg, class_names),
                               num_batches=CALIB_BATCHES)
         if write:
             path.write_text(json.dumps(ranges, indent=1))

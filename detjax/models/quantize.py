@@ -24,8 +24,10 @@ to float before a float convolution): qwix's own convolution needs both sides qu
 Quantisation-aware training (``train.qat``) uses the same scheme as fake quantisation
 (:func:`fake_quantize`, :func:`fake_quantized`): every convolution quantises and dequantises
 its input (per tensor, the static calibrated range) and its kernel (per output channel) in
-float, with a straight-through gradient, so a trained model's fake-quantised forward is the
-int8 forward of :func:`quantize_from_stats` up to float rounding. This is written here rather
+float, with a straight-through gradient, so each fake-quantised convolution computes the int8
+convolution of :func:`quantize_from_stats` up to float rounding (a float32 sum of dequantised
+products against an int32 sum, then scaled; a value on a rounding boundary of the next layer
+may land one step apart). This is written here rather
 than with qwix's ``QtProvider``: its statistics updates inside ``custom_vjp`` raise flax's
 ``TraceContextError`` under ``jax.jit`` (qwix 0.1.8), and the train step is jitted.
 
@@ -296,7 +298,7 @@ def fake_quantized(model: nnx.Module, act_absmax: Mapping[str, float]) -> nnx.Mo
     inputs per tensor at the ranges ``act_absmax`` (:func:`calibrate`), kernels per output
     channel. It trains as usual (straight-through gradients, :func:`fake_quantize`); after
     training, :func:`quantize_from_stats` with the same ranges gives the int8 model whose
-    forward this one computes. Returns ``model``."""
+    convolutions these compute up to float rounding. Returns ``model``."""
     convs = _conv_paths(model)
     missing = sorted({name for name, _ in convs} - set(act_absmax))
     if missing:

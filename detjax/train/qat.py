@@ -11,8 +11,9 @@ training see the same fake-quantised network.
 
 The run folder's ``config.yaml`` sets ``model.quantize`` as ``detjax quantize`` writes it, so
 :func:`detjax.run.restore_run` (``detjax val``, ``detjax predict``) rebuilds the trained float
-EMA weights and converts them to the qwix int8 model with the same ranges, whose forward the
-fake-quantised one computes up to float rounding.
+EMA weights and converts them to the qwix int8 model with the same ranges. Each fake-quantised
+convolution computes the int8 one up to float rounding; a value that lands on a rounding
+boundary may round one step apart, and that step propagates through the later layers.
 """
 
 from __future__ import annotations

@@ -229,6 +229,12 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         print(optim.describe(cfg, iters_per_epoch=nb, num_classes=len(class_names)) if tx is None
               else "optimizer: the given optax transformation (train.optimizer, lr0, warmup, "
               "schedule, nbs and grad_clip unused)")
+        if teacher is not None:
+            print(f"distillation: teacher {cfg.train.distill.teacher}, "
+                  f"{distill_config(cfg)}")
+        if quantize is not None:
+            print(f"train.qat: int8 fake quantisation, activation ranges in "
+                  f"{workdir / quantize['act_ranges']}")
 
     result: dict[str, Any] = {}
     last_eval_time, epoch_times, timing = 0.0, [], {}

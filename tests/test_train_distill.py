@@ -29,7 +29,7 @@ def tiny_detector(name="yolov8n", num_classes=3, seed=0):
                     rngs=nnx.Rngs(seed))
 
 
-def _state(feature_weight=1.0, seed=0):
+def _state(feature_weight=1.0, seed=0, loss_times_batch=True):
     student, teacher = tiny_detector("yolov8n"), tiny_detector("yolov8s", seed=1)
     teacher.eval()
     student.feature_adapter = FeatureAdapter(student.neck.out_channels,
@@ -37,7 +37,8 @@ def _state(feature_weight=1.0, seed=0):
     tx = optim.recipe(optim.OptimConfig(iters_per_epoch=10, epochs=3, batch=4, nbs=4,
                                         warmup_epochs=0, warmup_min_iters=0, optimizer="sgd",
                                         lr0=0.01))
-    cfg = StepConfig(tx=tx, distill=distill.DistillConfig(feature_weight=feature_weight))
+    cfg = StepConfig(tx=tx, distill=distill.DistillConfig(feature_weight=feature_weight),
+                     loss_times_batch=loss_times_batch)
     return create_train_state(student, cfg, teacher=nnx.split(teacher))
 
 

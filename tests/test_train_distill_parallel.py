@@ -1,11 +1,13 @@
-"""The distillation step (a frozen teacher in the state) on 8 simulated CPU devices equals one
-device: ``pmap`` and sharded ``jit`` against ``jit``.
+"""The distillation step (a frozen teacher in the state) on 8 simulated CPU devices: sharded
+``jit`` equals ``jit`` on the same global batch; ``pmap`` equals ``jit`` on one device's shard.
 
 Runs in a subprocess with ``--xla_force_host_platform_device_count=8`` so the main pytest
-process keeps its single device. ``pmap`` normalises the YOLO loss (and the distillation
-normaliser) per device shard, as ultralytics DDP does; the global batch here is 8 copies of
-one 2-image batch, so every shard's normaliser is the global one over 8 and the per-shard
-losses equal the global loss: the comparison is exact for all three paths.
+process keeps its single device. ``pmap`` normalises the YOLO loss and the distillation terms
+per device shard, as ultralytics DDP does, and those normalisers are clamped at 1 (few
+positives on tiny images), so ``pmap`` does not equal one device on the global batch. Here the
+global batch is 8 copies of one 2-image batch and the loss is not multiplied by the batch size:
+every device then computes exactly what one device computes on the 2-image batch (BatchNorm
+statistics synced over identical shards are the shard's own), which is the comparison made.
 """
 
 import json
@@ -29,23 +31,28 @@ SCRIPT = textwrap.dedent("""
     batches = [{{k: np.concatenate([v] * 8) for k, v in toy_batch(i, batch=2, size=64).items()}}
                for i in range(2)]
     mesh = S.make_mesh()
-    single, pm, sh = _state(), S.prepare_pmap_state(_state()), S.replicate_on_mesh(_state(), mesh)
-    teacher0 = [np.array(x) for x in jax.tree.leaves(_state().teacher)]
-    losses = {{"single": [], "pmap": [], "sharded": []}}
+    fresh = lambda: _state(loss_times_batch=False)
+    single, shard = fresh(), fresh()  # one device on the global batch / on one shard
+    pm, sh = S.prepare_pmap_state(fresh()), S.replicate_on_mesh(fresh(), mesh)
+    teacher0 = [np.array(x) for x in jax.tree.leaves(fresh().teacher)]
+    keys = ("loss", "kd", "ld", "feat")
+    losses = {{"single": [], "shard": [], "pmap": [], "sharded": []}}
     for b in batches:
         single, m1 = S.jit_train_step(single, b)
+        shard, m0 = S.jit_train_step(shard, {{k: v[:2] for k, v in b.items()}})
         pm, m2 = S.pmap_train_step(pm, S.shard_batch(b))
         sh, m3 = S.sharded_train_step(sh, S.global_batch(b, mesh), mesh)
-        losses["single"].append([float(m1[k]) for k in ("loss", "kd", "ld", "feat")])
-        losses["pmap"].append([float(m2[k][0]) for k in ("loss", "kd", "ld", "feat")])
-        losses["sharded"].append([float(m3[k]) for k in ("loss", "kd", "ld", "feat")])
+        losses["single"].append([float(m1[k]) for k in keys])
+        losses["shard"].append([float(m0[k]) for k in keys])
+        losses["pmap"].append([float(m2[k][0]) for k in keys])
+        losses["sharded"].append([float(m3[k]) for k in keys])
     pm = S.unreplicate(pm)
     def diff(a, b):
         return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     trees = lambda s: (s.params, s.batch_stats, s.ema_params, s.ema_stats)
-    out = {{"pmap": diff(trees(single), trees(pm)), "sharded": diff(trees(single), trees(sh)),
-           "moved": diff(single.params, _state().params), "losses": losses,
+    out = {{"pmap": diff(trees(shard), trees(pm)), "sharded": diff(trees(single), trees(sh)),
+           "moved": diff(single.params, fresh().params), "losses": losses,
            "teacher": {{k: diff(teacher0, jax.tree.leaves(s.teacher))
                         for k, s in (("single", single), ("pmap", pm), ("sharded", sh))}}}}
     print("RESULT" + json.dumps(out))
@@ -53,7 +60,7 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_distillation_pmap_and_sharded_equal_single_device():
+def test_distillation_pmap_and_sharded_equal_one_device():
     tests = str(Path(__file__).parent)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
@@ -67,6 +74,6 @@ def test_distillation_pmap_and_sharded_equal_single_device():
     assert out["teacher"] == {"single": 0.0, "pmap": 0.0, "sharded": 0.0}  # bit-identical
     assert out["pmap"] < 1e-4, out
     assert out["sharded"] < 1e-4, out
-    for name in ("pmap", "sharded"):
-        for got, want in zip(out["losses"][name], out["losses"]["single"]):
+    for name, reference in (("pmap", "shard"), ("sharded", "single")):
+        for got, want in zip(out["losses"][name], out["losses"][reference]):
             assert got == pytest.approx(want, rel=1e-4, abs=1e-6), (name, out["losses"])

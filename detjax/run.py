@@ -134,6 +134,17 @@ def build_model(cfg: Config, num_classes: int, *, pretrained: bool = False):
     return model
 
 
+def calibration_images(cfg: Config, class_names: Sequence[str]):
+    """Float 0..1 ``[B, S, S, 3]`` batches (``eval.batch``, side ``data.imgsz``) of the
+    training split, letterboxed only: the images int8 activation ranges are calibrated on."""
+    train_ds = build_datasets(cfg, splits=("train",)).train
+    if len(train_ds.class_names) != len(class_names):
+        raise ValueError(f"the training split has {len(train_ds.class_names)} classes, the run "
+                         f"was trained on {len(class_names)} {list(class_names)}")
+    for batch in build_loaders(cfg, val_ds=train_ds).val:
+        yield batch["images"].astype("float32") / 255.0
+
+
 def write_run_info(workdir: str | os.PathLike, cfg: Config, class_names: Sequence[str]) -> Path:
     """Writes ``run.json`` (class names, image size, class count) into ``workdir``."""
     info = {"class_names": [str(n) for n in class_names], "num_classes": len(class_names),

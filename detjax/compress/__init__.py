@@ -1,7 +1,7 @@
 """Model compression: magnitude pruning (an Optax transformation), structured channel pruning
 into a physically smaller network, the network-slimming L1 term on BatchNorm scales, and int8
-post-training quantisation with qwix (:mod:`detjax.models.quantize`, where ``restore_run``
-can re-apply it).
+post-training quantisation with qwix and the int8 fake quantisation of ``train.qat``
+(:mod:`detjax.models.quantize`, where ``restore_run`` can re-apply it).
 
 Names resolve lazily, so ``import detjax.compress`` does no work.
 """
@@ -24,6 +24,8 @@ _LAZY = {
     "calibrate": "detjax.models.quantize",
     "quantize_from_stats": "detjax.models.quantize",
     "quantized_kernels": "detjax.models.quantize",
+    "fake_quantize": "detjax.models.quantize",
+    "fake_quantized": "detjax.models.quantize",
 }
 
 

@@ -18,24 +18,12 @@ from pathlib import Path
 ACT_RANGES = "act_ranges.json"
 
 
-def _calibration_images(cfg, class_names):
-    """Float 0..1 ``[B, S, S, 3]`` batches of the training split, letterboxed only."""
-    from detjax.run import build_datasets, build_loaders
-
-    train_ds = build_datasets(cfg, splits=("train",)).train
-    if len(train_ds.class_names) != len(class_names):
-        raise ValueError(f"the training split has {len(train_ds.class_names)} classes, the run "
-                         f"was trained on {len(class_names)} {class_names}")
-    for batch in build_loaders(cfg, val_ds=train_ds).val:
-        yield batch["images"].astype("float32") / 255.0
-
-
 def quantize_run(run_path: str, out: str | Path, *, calib_batches: int = 32,
                  weights_only: bool = False) -> Path:
     """Writes the quantised run of ``run_path`` to ``out`` and returns ``out``."""
     from detjax.config import dump_config
     from detjax.models.quantize import calibrate
-    from detjax.run import RUN_INFO, restore_run
+    from detjax.run import RUN_INFO, calibration_images, restore_run
 
     if not isinstance(calib_batches, int) or calib_batches < 1:
         raise ValueError(f"--calib-batches must be a positive int, got {calib_batches!r}")
@@ -52,7 +40,7 @@ def quantize_run(run_path: str, out: str | Path, *, calib_batches: int = 32,
                 "calib_batches": None if weights_only else calib_batches,
                 "source": str(run.checkpoint_dir)}
     if not weights_only:
-        ranges, _ = calibrate(run.model, _calibration_images(run.config, run.class_names),
+        ranges, _ = calibrate(run.model, calibration_images(run.config, run.class_names),
                               num_batches=calib_batches)
         (out / ACT_RANGES).write_text(json.dumps(ranges, indent=1))
     save = out / run.checkpoint_dir.parent.name / run.checkpoint_dir.name

@@ -18,7 +18,9 @@ from detjax.losses.classification import (
 from detjax.losses.dense import gfl_loss, retinanet_loss
 from detjax.losses.detr import detr_set_loss
 from detjax.losses.distill import (
+    dense_distillation_loss,
     dfl_distillation_loss,
+    feature_imitation_loss,
     kd_loss,
     kd_mixed_loss,
     score_distillation_loss,
@@ -43,7 +45,9 @@ __all__ = [
     "complete_box_iou_loss",
     "detr_set_loss",
     "dfl_bins",
+    "dense_distillation_loss",
     "dfl_distillation_loss",
+    "feature_imitation_loss",
     "distance_box_iou_loss",
     "distribution_focal_loss",
     "focal_loss",

@@ -5,6 +5,10 @@
 * :func:`score_distillation_loss`: per-class sigmoid scores on all anchors (binary KL).
 * :func:`dfl_distillation_loss`: box-side distributions on foreground anchors
   (Localization Distillation, Zheng et al. 2022).
+* :func:`feature_imitation_loss`: squared error between (adapted) student and teacher feature
+  maps (FitNets hints, Romero et al. 2015).
+* :func:`dense_distillation_loss`: the two logit terms of a dense sigmoid + DFL head (YOLOv8)
+  on all anchors, weighted by the teacher's confidence and normalised like the YOLO loss.
 
 All return per-element values; every hyperparameter may be traced.
 """
@@ -18,7 +22,8 @@ from jax.typing import ArrayLike
 from detjax.losses._common import bce_with_logits, float_pair
 from detjax.losses.classification import softmax_cross_entropy
 
-__all__ = ["dfl_distillation_loss", "kd_loss", "kd_mixed_loss", "score_distillation_loss"]
+__all__ = ["dense_distillation_loss", "dfl_distillation_loss", "feature_imitation_loss",
+           "kd_loss", "kd_mixed_loss", "score_distillation_loss"]
 
 
 def _student_teacher(student: ArrayLike, teacher: ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -90,3 +95,61 @@ def dfl_distillation_loss(student_dist: ArrayLike, teacher_dist: ArrayLike, fg_m
         raise ValueError(f"fg_mask must be {s.shape[:-2]}, got {fg_mask.shape}")
     per_side = kd_loss(s, t, temperature=temperature)  # [..., 4]
     return jnp.where(fg_mask, per_side.mean(-1), 0.0)
+
+
+def feature_imitation_loss(student_feat: ArrayLike, teacher_feat: ArrayLike) -> jax.Array:
+    """Elementwise squared error ``(s - t)^2`` of feature maps ``[B, H, W, C]`` (any equal
+    shapes) -> the same shape; the teacher gets no gradient.
+
+    FitNets hint learning (Romero et al. 2015): the student's map, brought to the teacher's
+    width by a learned 1x1 adapter where the widths differ, regresses the teacher's map.
+    Callers reduce (mean over elements, summed over pyramid levels).
+    """
+    s, t = float_pair(student_feat, teacher_feat, "student_feat", "teacher_feat")  # same shape
+    return jnp.square(s - jax.lax.stop_gradient(t))
+
+
+def dense_distillation_loss(student_scores: ArrayLike, teacher_scores: ArrayLike,
+                            student_distri: ArrayLike, teacher_distri: ArrayLike, *,
+                            reg_max: int = 16, temperature: ArrayLike = 1.0,
+                            dfl_temperature: ArrayLike = 10.0
+                            ) -> tuple[jax.Array, jax.Array]:
+    """Logit distillation of a dense sigmoid + DFL head -> ``(kd, ld)`` scalars.
+
+    Inputs per anchor, both networks on the same anchor grid: class logits ``[B, A, C]``
+    and DFL bin logits ``[B, A, 4 * reg_max]`` (sides l, t, r, b). With the teacher's
+    confidence ``w_a = max_c sigmoid(t_ac)`` and ``S = max(sum_a w_a, 1)`` over the batch:
+
+    * ``kd = sum_{b,a,c} score_distillation_loss(s, t; T) / S``: per-class binary KL at
+      temperature ``T`` times ``T^2`` on every anchor (the sigmoid form of Hinton et al.
+      2015's KD, for heads whose classes are independent sigmoids: the softmax KL over classes
+      does not apply to them);
+    * ``ld = sum_{b,a} w_a dfl_distillation_loss(s_bins, t_bins; T_ld) / S``: Localization
+      Distillation (Zheng et al. 2022), the KL between the teacher's and the student's softmax
+      over each side's bins at ``dfl_temperature`` (LD's 10), times ``T_ld^2``, mean over the
+      four sides. LD distils on the label assignment's positives; here the teacher's own
+      confidence ``w_a`` weights every anchor, so the term needs no assignment and stays
+      independent of the detection loss.
+
+    ``S`` plays the role of the YOLO loss's ``target_scores_sum`` (the two terms are on the
+    scale of its ``cls`` and ``dfl`` items). Both are 0 when student and teacher logits are
+    equal; the teacher gets no gradient.
+    """
+    s_cls, t_cls = _student_teacher(student_scores, teacher_scores)
+    s_box, t_box = _student_teacher(student_distri, teacher_distri)
+    if s_cls.ndim != 3 or s_cls.shape != t_cls.shape:
+        raise ValueError(f"scores must be [B, A, C] for student and teacher alike, got "
+                         f"{s_cls.shape} and {t_cls.shape}")
+    expected = (*s_cls.shape[:2], 4 * reg_max)
+    if s_box.shape != expected or t_box.shape != expected:
+        raise ValueError(f"DFL logits must be [B, A, 4 * reg_max] = {list(expected)}, got "
+                         f"{s_box.shape} and {t_box.shape}")
+    weight = jax.nn.sigmoid(t_cls).max(-1)  # [B, A] teacher confidence
+    normaliser = jnp.maximum(weight.sum(), 1.0)
+    kd = score_distillation_loss(s_cls, t_cls, temperature=temperature).sum() / normaliser
+    bins = lambda x: x.reshape(*x.shape[:2], 4, reg_max)  # [B, A, 4, reg_max]
+    fg = jnp.ones(s_cls.shape[:2], bool)
+    ld_per_anchor = dfl_distillation_loss(bins(s_box), bins(t_box), fg,
+                                          temperature=dfl_temperature)  # [B, A]
+    ld = (weight * ld_per_anchor).sum() / normaliser
+    return kd, ld

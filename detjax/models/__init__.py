@@ -3,6 +3,7 @@ heads; BatchNorm fusion for inference; weights in safetensors files and from ult
 checkpoints. See :mod:`detjax.models.detector` for the interface that training and evaluation
 use."""
 
+from detjax.models.adapter import FeatureAdapter
 from detjax.models.backbone import Backbone, scale_depth, scale_width
 from detjax.models.blocks import SPPF, Bottleneck, C2f, ConvBNAct, set_bn_axis_name
 from detjax.models.detector import HEADS, SCALES, Detector, create_model
@@ -19,7 +20,7 @@ from detjax.models.weights import load_pretrained, load_weights, read_weights, s
 
 __all__ = [
     "HEADS", "PAN", "SCALES", "SPPF", "ATSSHead", "Backbone", "Bottleneck", "C2f", "ConvBNAct",
-    "DFLHead", "Detector", "FCOSHead", "HeadOutput", "RetinaHead", "create_model",
+    "DFLHead", "Detector", "FCOSHead", "FeatureAdapter", "HeadOutput", "RetinaHead", "create_model",
     "freeze_mask", "from_ultralytics", "fuse", "load_pretrained", "load_weights",
     "read_ultralytics_checkpoint", "read_weights", "save_weights", "scale_depth", "scale_width",
     "set_bn_axis_name", "ultralytics_architecture",

@@ -21,6 +21,16 @@ found and stored as int8.
 With ``act_qtype=None`` only the weights are quantised (stored int8 per channel, dequantised
 to float before a float convolution): qwix's own convolution needs both sides quantised.
 
+Quantisation-aware training (``train.qat``) uses the same scheme as fake quantisation
+(:func:`fake_quantize`, :func:`fake_quantized`): every convolution quantises and dequantises
+its input (per tensor, the static calibrated range) and its kernel (per output channel) in
+float, with a straight-through gradient, so each fake-quantised convolution computes the int8
+convolution of :func:`quantize_from_stats` up to float rounding (a float32 sum of dequantised
+products against an int32 sum, then scaled; a value on a rounding boundary of the next layer
+may land one step apart). This is written here rather
+than with qwix's ``QtProvider``: its statistics updates inside ``custom_vjp`` raise flax's
+``TraceContextError`` under ``jax.jit`` (qwix 0.1.8), and the train step is jitted.
+
 Reference: qwix (github.com/google/qwix) ``PtqProvider`` with ``act_static_scale=True``;
 defaults are qwix's (``absmax`` for weights and activations, ``act_batch_axes=(0,)``). qwix's
 own calibration runs a ``QtProvider`` model, whose statistics updates raise flax's
@@ -39,7 +49,10 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from detjax.models.blocks import pointwise_as_matmul
+
 QTYPES = {"int8": jnp.int8, "int4": jnp.int4}
+_INT8_BOUND = 127.5  # qwix's symmetric int8 bound: qmax plus half a step
 _STAT_NAME = "conv_general_dilated0_lhs"
 
 
@@ -243,3 +256,54 @@ def quantized_kernels(model: nnx.Module) -> dict[str, np.dtype]:
         if name.endswith("qvalue") or "/qvalue/" in name:
             out[name.removesuffix("/value")] = np.dtype(leaf.dtype)
     return out
+
+
+# ----------------------------------------------------------------------------- fake quantisation
+
+
+def fake_quantize(x: jax.Array, absmax: jax.Array) -> jax.Array:
+    """int8 quantise-dequantise of ``x`` with the symmetric range ``absmax`` (broadcast against
+    ``x``: a scalar per tensor or ``[1, ..., 1, C]`` per channel), straight-through gradient.
+
+    qwix's int8 ``absmax`` scheme: ``scale = absmax / 127.5`` (1 where it is below
+    ``sqrt(tiny)``), ``q = clip(round(x / scale), -128, 127)``, value ``q * scale``. The
+    gradient is 1 where ``x`` lies inside the representable range ``[-128, 127] * scale`` and 0
+    outside (clipped straight-through estimator, Bengio et al. 2013; Jacob et al. 2018); the
+    range itself gets no gradient.
+    """
+    x = jnp.asarray(x)
+    absmax = jax.lax.stop_gradient(jnp.asarray(absmax, x.dtype))
+    scale = absmax / _INT8_BOUND
+    scale = jnp.where(scale < jnp.sqrt(jnp.finfo(x.dtype).tiny), jnp.ones_like(scale), scale)
+    lo, hi = -128.0 * scale, 127.0 * scale
+    value = jnp.clip(jnp.round(x / scale), -128.0, 127.0) * scale
+    inside = jnp.clip(x, lo, hi)  # carries the gradient
+    return inside + jax.lax.stop_gradient(value - inside)
+
+
+def _fake_quant_conv(act_absmax: float):
+    """A ``conv_general_dilated`` for an NHWC / HWIO ``nnx.Conv`` whose input (static range
+    ``act_absmax``) and kernel (per output channel) are int8 fake-quantised."""
+
+    def conv(lhs, rhs, *args, **kwargs):
+        kernel_absmax = jnp.max(jnp.abs(rhs), axis=(0, 1, 2), keepdims=True)  # [1, 1, 1, O]
+        return pointwise_as_matmul(fake_quantize(lhs, act_absmax),
+                                   fake_quantize(rhs, kernel_absmax), *args, **kwargs)
+
+    return conv
+
+
+def fake_quantized(model: nnx.Module, act_absmax: Mapping[str, float]) -> nnx.Module:
+    """``model`` (a float detector) with every convolution int8 fake-quantised, in place:
+    inputs per tensor at the ranges ``act_absmax`` (:func:`calibrate`), kernels per output
+    channel. It trains as usual (straight-through gradients, :func:`fake_quantize`); after
+    training, :func:`quantize_from_stats` with the same ranges gives the int8 model whose
+    convolutions these compute up to float rounding. Returns ``model``."""
+    convs = _conv_paths(model)
+    missing = sorted({name for name, _ in convs} - set(act_absmax))
+    if missing:
+        raise ValueError(f"act_absmax has no range for the convolution(s) {missing[:3]}; "
+                         "calibrate this model (calibrate()) first")
+    for name, conv in convs:
+        conv.conv_general_dilated = _fake_quant_conv(float(act_absmax[name]))
+    return model

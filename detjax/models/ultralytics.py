@@ -47,6 +47,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from detjax.models.adapter import ADAPTER_ATTR
 from detjax.models.backbone import scale_depth, scale_width
 from detjax.models.detector import SCALES, Detector, create_model
 from detjax.models.heads import DFLHead
@@ -260,8 +261,10 @@ def freeze_mask(params: Any, n: int) -> Any:
     if n > 11 + 6 * top_down:
         raise ValueError(f"freeze={n} but the model has layers model.0 .. "
                          f"model.{10 + 6 * top_down}")
+    adapter = f"{ADAPTER_ATTR}."  # a distillation adapter is no layer of the model: it trains
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: module_index(_path_key(p), top_down=top_down) < n, params)
+        lambda p, _: not _path_key(p).startswith(adapter)
+        and module_index(_path_key(p), top_down=top_down) < n, params)
 
 
 def _path_key(path: tuple) -> str:

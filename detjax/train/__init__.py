@@ -1,7 +1,8 @@
 """Training: state, optimiser recipe (one ``optax.GradientTransformation``), EMA, pure train
 step (single / pmap / sharded), checkpoints and the ``train_and_evaluate`` loop behind
 ``detjax train`` (logging in ``train.logs``, the time budget in ``train.budget``, the command
-in ``train.cli``).
+in ``train.cli``, distillation from a teacher run in ``train.distill``, quantisation-aware
+training in ``train.qat``).
 
 Names resolve lazily, so ``import detjax.train`` does no work.
 """
@@ -28,6 +29,9 @@ _LAZY = {
     "ema_update": "detjax.train.ema",
     "ema_decay": "detjax.train.ema",
     "Checkpointer": "detjax.train.checkpoint",
+    "DistillConfig": "detjax.train.distill",
+    "load_teacher": "detjax.train.distill",
+    "prepare_qat": "detjax.train.qat",
 }
 
 

@@ -20,6 +20,7 @@ this does not recompile.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -36,6 +37,8 @@ from detjax.config import Config, dump_config
 from detjax.eval.validation import eval_settings, evaluate
 from detjax.train import budget, logs, optim
 from detjax.train.checkpoint import Checkpointer
+from detjax.train.distill import distill_config, load_teacher
+from detjax.train.qat import prepare_qat
 from detjax.train.runner import Runner
 from detjax.train.state import StepConfig, TrainState, create_train_state, ema_model
 
@@ -55,7 +58,8 @@ def step_config(cfg: Config, iters_per_epoch: int, num_classes: int = 10, *,
     loss = tuple(sorted((k, _hashable(v)) for k, v in t.loss.to_dict().items())
                  ) if isinstance(t.loss, Config) else ()
     return StepConfig(tx=tx, precision=t.precision, ema_decay=t.ema_decay,
-                      ema_tau=t.ema_tau, loss_hyp=loss, loss_times_batch=t.loss_times_batch)
+                      ema_tau=t.ema_tau, loss_hyp=loss, loss_times_batch=t.loss_times_batch,
+                      distill=distill_config(cfg))
 
 
 def _hashable(value):
@@ -69,8 +73,6 @@ def resolve_class_weights(cfg: Config, train_ds) -> Config:
     loss = cfg.train.loss
     if not isinstance(loss, Config) or loss.get("class_weights") != "auto":
         return cfg
-    import copy
-
     from detjax.losses import class_weights_from_counts
 
     labels = [np.asarray(r.labels).ravel() for r in train_ds.records]
@@ -130,6 +132,12 @@ def _train_epoch(runner: Runner, state, loader, cfg: Config, log: logs.TrainLog,
     return state, it, {k: v / max(count, 1) for k, v in sums.items()}, images_seen
 
 
+def _saved_part(state: TrainState) -> TrainState:
+    """What a checkpoint holds: the state without the distillation teacher (the teacher's
+    own run folder has its weights)."""
+    return state.replace(teacher=None)
+
+
 def _write_data_reports(workdir: Path, train_ds, val_ds) -> None:
     """``data_report.txt`` / ``data_report_val.txt``: the files the data check skipped and why
     (written only when there is something to say)."""
@@ -180,14 +188,23 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.keep)
     resuming = bool(cfg.resume) and ckpt.latest_step() is not None
     model = run_lib.build_model(cfg, len(class_names), pretrained=not resuming)
-    state = create_train_state(model, step_config(cfg, nb, len(class_names), tx=tx))
+    quantize = prepare_qat(cfg, workdir, model, class_names, resuming=resuming,
+                           write=is_main)
+    if quantize is not None and is_main:  # the run folder restores as the int8 model
+        saved_cfg = copy.deepcopy(cfg)
+        saved_cfg.model.quantize = quantize
+        dump_config(saved_cfg, workdir / "config.yaml")
+    teacher = load_teacher(cfg, class_names, model)
+    state = create_train_state(model, step_config(cfg, nb, len(class_names), tx=tx),
+                               teacher=teacher)
     del model
 
     best_ckpt = Checkpointer(workdir / "best", max_to_keep=1) if cfg.checkpoint.save_best else None
     log = logs.TrainLog(workdir, tensorboard=cfg.log.tensorboard, enabled=is_main)
     epochs, start_epoch, best_map, train_time = int(cfg.train.epochs), 0, -1.0, 0.0
     if resuming:
-        state, meta = ckpt.restore(state)
+        state, meta = ckpt.restore(_saved_part(state))
+        state = state.replace(teacher=teacher[1] if teacher is not None else None)
         train_loader.restore(meta["loader"])
         start_epoch, best_map = int(meta["epoch"]), float(meta["best_map"])
         epochs, train_time = int(meta["epochs"]), float(meta.get("train_time", 0.0))
@@ -212,6 +229,12 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
         print(optim.describe(cfg, iters_per_epoch=nb, num_classes=len(class_names)) if tx is None
               else "optimizer: the given optax transformation (train.optimizer, lr0, warmup, "
               "schedule, nbs and grad_clip unused)")
+        if teacher is not None:
+            print(f"distillation: teacher {cfg.train.distill.teacher}, "
+                  f"{distill_config(cfg)}")
+        if quantize is not None:
+            print(f"train.qat: int8 fake quantisation, activation ranges in "
+                  f"{workdir / quantize['act_ranges']}")
 
     result: dict[str, Any] = {}
     last_eval_time, epoch_times, timing = 0.0, [], {}
@@ -272,11 +295,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
                 "best_map": best_map, "train_time": train_time, "metrics": row,
                 "class_names": class_names, "iters_per_epoch": nb}
         if last or epoch % max(int(cfg.checkpoint.every), 1) == 0:
-            ckpt.save(epoch, host, meta)
+            ckpt.save(epoch, _saved_part(host), meta)
         if improved and best_ckpt is not None:
-            best_ckpt.save(epoch, host, meta)
+            best_ckpt.save(epoch, _saved_part(host), meta)
         if stop_after_epochs is not None and epoch >= stop_after_epochs and not last:
-            ckpt.save(epoch, host, meta)
+            ckpt.save(epoch, _saved_part(host), meta)
             return {"stopped_at_epoch": epoch}
 
     if not result:  # resumed a finished run: report its numbers again

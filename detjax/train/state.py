@@ -7,9 +7,11 @@ Optax state of ``StepConfig.tx``, gradient accumulation included when the transf
 = EMA updates), ``iteration`` (micro-batches seen, ultralytics ``ni``), the float16 dynamic
 loss-scale state, and ``epochs`` (the schedule length, passed to the transformation as the
 ``epochs`` extra argument, 0 = as built; the loop may shorten it to a time limit without
-recompiling). Static
-parts (the two NNX graph definitions, train and eval mode, and the ``StepConfig``) are pytree
-metadata, so ``train_step(state, batch)`` jits with no extra args.
+recompiling), and ``teacher``: the frozen teacher's NNX state when distilling
+(:mod:`detjax.train.distill`; ``None`` otherwise), never differentiated nor updated. Static
+parts (the two NNX graph definitions, train and eval mode, the teacher's eval-mode graph
+definition and the ``StepConfig``) are pytree metadata, so ``train_step(state, batch)`` jits
+with no extra args.
 
 The model is an ``nnx.Module`` with ``__call__(images)`` -> raw head outputs,
 ``loss(outputs, batch, **hyp) -> (scalar, dict)``, ``predict(outputs) -> [B, 4+C, A]`` and
@@ -50,6 +52,7 @@ class StepConfig:
     loss_times_batch: bool = True
     init_loss_scale: float = 2.0 ** 16
     loss_scale_growth_interval: int = 2000
+    distill: Any = None  # detjax.train.distill.DistillConfig with a teacher in the state
 
     def __post_init__(self):
         if not isinstance(self.tx, optax.GradientTransformation):
@@ -78,6 +81,8 @@ class TrainState:
     graphdef: Any = flax.struct.field(pytree_node=False)
     eval_graphdef: Any = flax.struct.field(pytree_node=False)
     config: StepConfig = flax.struct.field(pytree_node=False)
+    teacher: Any = None
+    teacher_graphdef: Any = flax.struct.field(pytree_node=False, default=None)
 
 
 def _set_mode(model: nnx.Module, train: bool) -> None:
@@ -99,24 +104,30 @@ def _init_opt_state(tx, params):
     return jax.jit(tx.init)(params)
 
 
-def create_train_state(model: nnx.Module, config: StepConfig, *, epochs: int = 0
-                       ) -> TrainState:
+def create_train_state(model: nnx.Module, config: StepConfig, *, epochs: int = 0,
+                       teacher: tuple[Any, Any] | None = None) -> TrainState:
     """Initial state: EMA = copy of the model, ``config.tx.init(params)``, counters at 0.
 
     ``epochs``: the schedule length held in the state (see ``TrainState``); 0 keeps the
-    length the optimiser was built with.
+    length the optimiser was built with. ``teacher``: ``(graphdef, state)`` of an eval-mode
+    teacher (:func:`detjax.train.distill.load_teacher`); it needs ``config.distill``.
     """
+    if (teacher is None) != (config.distill is None):
+        raise ValueError("a teacher needs StepConfig.distill and StepConfig.distill a teacher")
+    teacher_graphdef, teacher_state = teacher if teacher is not None else (None, None)
     graphdef, eval_graphdef, params, stats, other = split_model(model)
     copy = lambda t: jax.tree.map(jnp.array, t)
     return TrainState(
-        params=params, batch_stats=stats, other=other, opt_state=_init_opt_state(config.tx, params),
+        params=params, batch_stats=stats, other=other,
+        opt_state=_init_opt_state(config.tx, params),
         ema_params=copy(params), ema_stats=copy(stats),
         step=jnp.zeros((), jnp.int32), iteration=jnp.zeros((), jnp.int32),
         loss_scale=jnp.asarray(config.init_loss_scale if config.precision == "f16" else 1.0,
                                jnp.float32),
         good_steps=jnp.zeros((), jnp.int32),
         epochs=jnp.asarray(epochs, jnp.int32),
-        graphdef=graphdef, eval_graphdef=eval_graphdef, config=config)
+        graphdef=graphdef, eval_graphdef=eval_graphdef, config=config,
+        teacher=teacher_state, teacher_graphdef=teacher_graphdef)
 
 
 def with_batchnorm_axis(state: TrainState, axis_name: str | None) -> TrainState:

@@ -32,6 +32,9 @@ Parallelism, all on the same global batch and equal to one device:
 A loss normalised inside the batch (ultralytics divides by the batch's ``target_scores_sum``)
 equals the single-device value exactly on the ``jit`` path; under ``pmap`` each device
 normalises its own shard, as ultralytics DDP does.
+
+Distillation (``state.teacher`` set, :mod:`detjax.train.distill`): the frozen teacher runs in
+the same program on the same images; its distillation terms are added to the loss and logged.
 """
 from __future__ import annotations
 
@@ -47,8 +50,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from detjax.train import distill, optim
 from detjax.train import ema as ema_lib
-from detjax.train import optim
 from detjax.train.state import TrainState, with_batchnorm_axis
 
 
@@ -69,10 +72,18 @@ def _loss_fn(params, state: TrainState, batch: dict, loss_scale, global_batch: i
     dtype = cfg.compute_dtype
     model = nnx.merge(state.graphdef, _cast_floating(params, dtype), state.batch_stats,
                       state.other, copy=True)
-    outputs = model(images_to_float(batch["images"], dtype))
+    images = images_to_float(batch["images"], dtype)
+    if state.teacher is None:
+        outputs, distill_items = model(images), {}
+    else:  # the frozen teacher: eval mode, no gradient, the same pixels
+        teacher = nnx.merge(state.teacher_graphdef,
+                            _cast_floating(jax.lax.stop_gradient(state.teacher), dtype),
+                            copy=True)
+        outputs, distill_items = distill.distill_forward(model, teacher, images, cfg.distill)
     outputs = _cast_floating(outputs, jnp.float32)
     loss, components = model.loss(outputs, batch, **dict(cfg.loss_hyp))
-    loss = loss.astype(jnp.float32)
+    loss = loss.astype(jnp.float32) + sum(distill_items.values(), jnp.float32(0.0))
+    components = {**components, **distill_items}
     _, _, new_stats, new_other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     new_stats = jax.tree.map(lambda n, o: n.astype(o.dtype), new_stats, state.batch_stats)
     scaled = loss * (global_batch if cfg.loss_times_batch else 1.0) * loss_scale

@@ -52,10 +52,14 @@ def kd_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
 
 def kd_mixed_loss(student_logits: ArrayLike, teacher_logits: ArrayLike, labels: ArrayLike, *,
                   temperature: ArrayLike = 4.0, alpha: ArrayLike = 0.5) -> jax.Array:
-    """``alpha * kd_loss + (1 - alpha) * CE(student, labels)`` per example ``[...]``.
+    """Hinton et al. 2015's mixed objective, ``alpha * kd_loss + (1 - alpha) * CE(student,
+    labels)``, per example ``[...]``.
 
-    ``labels`` are class indices ``[...]`` or soft labels ``[..., C]``
-    (:func:`~detjax.losses.softmax_cross_entropy`). ``alpha = 1`` is pure distillation.
+    ``student_logits`` and ``teacher_logits`` are softmax logits ``[..., C]``; ``labels`` are
+    class indices ``[...]`` or soft labels ``[..., C]``
+    (:func:`~detjax.losses.softmax_cross_entropy`). ``kd_loss`` is the T^2-scaled KL of the
+    temperature-softened distributions. ``alpha = 1`` is pure distillation; ``temperature``
+    and ``alpha`` may be traced (``jax.vmap`` over them).
     """
     soft = kd_loss(student_logits, teacher_logits, temperature=temperature)
     hard = softmax_cross_entropy(student_logits, labels)

@@ -126,6 +126,24 @@ def plot_metrics(csv_path: str, out_path: str, *, columns: Sequence[str] | None 
     return _save(fig, out_path)
 
 
+def _class_curves(x: np.ndarray, rows: np.ndarray, labels: list[str], mean: np.ndarray,
+                  mean_label: str, *, xlabel: str, ylabel: str, title: str,
+                  out_path: str) -> str:
+    """One line per class ``rows [K, R]`` over ``x [R]`` (classes with no value left out), the
+    mean in bold blue; the legend is shown up to 20 classes."""
+    fig, axes = _figure(1, 1, (6.4, 5.2))
+    ax = axes[0, 0]
+    show_legend = len(labels) <= 20
+    for k, row in enumerate(rows):
+        if not np.isnan(row).all():
+            ax.plot(x, row, linewidth=1, color=np.array(class_color(k)) / 255,
+                    label=labels[k] if show_legend else None)
+    ax.plot(x, mean, linewidth=3, color="blue", label=mean_label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.legend(loc="lower left", fontsize=7)
+    return _save(fig, out_path)
+
+
 def plot_pr_curve(result: dict[str, Any], out_path: str, *, iou: float = 0.5) -> str:
     """Per-class and mean precision-recall curves at one IoU threshold from a
     ``coco_evaluate`` result (``PR_curve.png``). Returns ``out_path``."""
@@ -133,21 +151,13 @@ def plot_pr_curve(result: dict[str, Any], out_path: str, *, iou: float = 0.5) ->
 
     curve = pr_curve(result, iou=iou)
     names = result.get("class_names") or [str(k) for k in range(len(curve.ap))]
-    fig, axes = _figure(1, 1, (6.4, 5.2))
-    ax = axes[0, 0]
-    show_legend = len(names) <= 20
-    for k, row in enumerate(curve.precision):
-        if not np.isnan(row).all():
-            ax.plot(curve.recall, row, linewidth=1, color=np.array(class_color(k)) / 255,
-                    label=f"{names[k]} {curve.ap[k]:.3f}" if show_legend else None)
     present = curve.ap[curve.ap > -1]
     mean_ap = present.mean() if present.size else float("nan")
-    ax.plot(curve.recall, curve.mean, linewidth=3, color="blue",
-            label=f"all classes {mean_ap:.3f} mAP@{iou:g}")
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"Precision-Recall curve (IoU {iou:g})")
-    ax.legend(loc="lower left", fontsize=7)
-    return _save(fig, out_path)
+    return _class_curves(curve.recall, curve.precision,
+                         [f"{n} {curve.ap[k]:.3f}" for k, n in enumerate(names)], curve.mean,
+                         f"all classes {mean_ap:.3f} mAP@{iou:g}", xlabel="Recall",
+                         ylabel="Precision", title=f"Precision-Recall curve (IoU {iou:g})",
+                         out_path=out_path)
 
 
 def plot_f1_curve(result: dict[str, Any], out_path: str, *, iou: float = 0.5) -> str:
@@ -159,19 +169,11 @@ def plot_f1_curve(result: dict[str, Any], out_path: str, *, iou: float = 0.5) ->
     curve = f1_curve(result, iou=iou)
     names = result.get("class_names") or [str(k) for k in range(len(curve.f1))]
     conf, best, conf_all, f1_all = best_f1_confidence(curve)
-    fig, axes = _figure(1, 1, (6.4, 5.2))
-    ax = axes[0, 0]
-    show_legend = len(names) <= 20
-    for k, row in enumerate(curve.f1):
-        if not np.isnan(row).all():
-            ax.plot(curve.confidence, row, linewidth=1, color=np.array(class_color(k)) / 255,
-                    label=f"{names[k]} {best[k]:.2f} at {conf[k]:.3f}" if show_legend else None)
-    ax.plot(curve.confidence, curve.mean, linewidth=3, color="blue",
-            label=f"all classes {f1_all:.2f} at {conf_all:.3f}")
-    ax.set(xlabel="Confidence", ylabel="F1", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"F1-confidence curve (IoU {iou:g})")
-    ax.legend(loc="lower left", fontsize=7)
-    return _save(fig, out_path)
+    return _class_curves(curve.confidence, curve.f1,
+                         [f"{n} {best[k]:.2f} at {conf[k]:.3f}" for k, n in enumerate(names)],
+                         curve.mean, f"all classes {f1_all:.2f} at {conf_all:.3f}",
+                         xlabel="Confidence", ylabel="F1",
+                         title=f"F1-confidence curve (IoU {iou:g})", out_path=out_path)
 
 
 def plot_val_grid(images: Sequence[Any], predictions: Sequence[Any],

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from train_toys import toy_batch
+from train_toys import TINY_RUN, toy_batch
 
 from detjax import run as run_lib
 from detjax.config import load_config
@@ -114,12 +114,6 @@ def test_teacher_with_other_classes_is_named():
         distill._check_compatible(teacher, tiny_detector(), ["a", "b", "c"])
 
 
-TINY = ["data.num_train=16", "data.num_val=8", "data.imgsz=64", "train.batch=8",
-        "eval.batch=8", "train.epochs=1", "train.time_limit=0", "log.progress=false",
-        "log.every=1", "train.warmup_min_iters=0", "data.max_boxes=16", "compile_cache=false",
-        "log.tensorboard=false", "log.plots=false"]
-
-
 @pytest.mark.slow
 def test_tiny_distillation_run_trains_and_restores(tmp_path, monkeypatch):
     from detjax.train import loop
@@ -128,8 +122,8 @@ def test_tiny_distillation_run_trains_and_restores(tmp_path, monkeypatch):
     monkeypatch.setattr(run_lib, "build_model",
                         lambda cfg, n, **kw: tiny_detector(cfg.model.name, n, cfg.seed))
     teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
-    loop.train_and_evaluate(load_config(None, [*TINY, "model.name=yolov8s"]), teacher_dir)
-    cfg = load_config(None, [*TINY, f"train.distill.teacher={teacher_dir}",
+    loop.train_and_evaluate(load_config(None, [*TINY_RUN, "model.name=yolov8s"]), teacher_dir)
+    cfg = load_config(None, [*TINY_RUN, f"train.distill.teacher={teacher_dir}",
                              "train.distill.feature_weight=1.0", "train.epochs=2"])
     assert loop.train_and_evaluate(cfg, student_dir, stop_after_epochs=1) == {
         "stopped_at_epoch": 1}

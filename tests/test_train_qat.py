@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from train_toys import toy_batch
+from train_toys import TINY_RUN, toy_batch
 
 from detjax import run as run_lib
 from detjax.config import load_config
@@ -130,12 +130,6 @@ def test_fake_quantized_needs_every_range():
         fake_quantized(tiny_detector(), {})
 
 
-TINY = ["data.num_train=16", "data.num_val=8", "data.imgsz=64", "train.batch=8",
-        "eval.batch=8", "train.epochs=1", "train.time_limit=0", "log.progress=false",
-        "log.every=1", "train.warmup_min_iters=0", "data.max_boxes=16", "compile_cache=false",
-        "log.tensorboard=false", "log.plots=false"]
-
-
 @pytest.mark.slow
 def test_tiny_qat_run_restores_as_int8_and_evaluates(tmp_path, monkeypatch):
     from detjax.eval.validation import eval_settings, evaluate
@@ -143,7 +137,7 @@ def test_tiny_qat_run_restores_as_int8_and_evaluates(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_lib, "build_model",
                         lambda cfg, n, **kw: tiny_detector(n, cfg.seed))
-    cfg = load_config(None, [*TINY, "train.qat=true"])
+    cfg = load_config(None, [*TINY_RUN, "train.qat=true"])
     final = loop.train_and_evaluate(cfg, tmp_path)
     assert np.isfinite(final["map"])
     assert (tmp_path / "act_ranges.json").is_file()

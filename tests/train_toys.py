@@ -45,6 +45,13 @@ class ToyDetector(nnx.Module):
         return outputs.reshape(b, -1, outputs.shape[-1]).transpose(0, 2, 1)
 
 
+# a one-epoch synthetic run small enough for a test (the tiny detector is patched in by the test)
+TINY_RUN = ["data.num_train=16", "data.num_val=8", "data.imgsz=64", "train.batch=8",
+            "eval.batch=8", "train.epochs=1", "train.time_limit=0", "log.progress=false",
+            "log.every=1", "train.warmup_min_iters=0", "data.max_boxes=16",
+            "compile_cache=false", "log.tensorboard=false", "log.plots=false"]
+
+
 def toy_batch(seed: int = 0, batch: int = 8, size: int = 32, max_boxes: int = 4,
               num_classes: int = 3) -> dict:
     rng = np.random.default_rng(seed)

@@ -100,12 +100,14 @@ def prune_by_magnitude(schedule: Callable[[jax.Array], jax.Array] | float, *,
         if params is None:
             raise ValueError("prune_by_magnitude needs params (optax.apply_updates' params)")
         proposed = optax.apply_updates(params, updates)
-        refresh = state.count % update_every == 0
-        fresh = magnitude_masks(jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), proposed,
-                                             state.masks),
-                                sparsity_at(state.count), scope=scope, prunable=prunable)
-        masks = jax.tree.map(lambda old, new: jnp.where(refresh, old & new, old),
-                             state.masks, fresh)
+        def refreshed(old):  # a sort of every prunable magnitude: only on refresh steps
+            fresh = magnitude_masks(jax.tree.map(lambda p, m: jnp.where(m, p, 0.0), proposed,
+                                                 old),
+                                    sparsity_at(state.count), scope=scope, prunable=prunable)
+            return jax.tree.map(jnp.logical_and, old, fresh)
+
+        masks = jax.lax.cond(state.count % update_every == 0, refreshed, lambda old: old,
+                             state.masks)
         updates = jax.tree.map(lambda u, p, m: jnp.where(m, u, -p).astype(u.dtype),
                                updates, params, masks)
         return updates, MagnitudePruneState(state.count + 1, masks)

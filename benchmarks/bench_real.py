@@ -16,6 +16,7 @@ the peak summed RSS of the process tree (main + loader workers, sampled every 0.
 
     .venv/bin/python benchmarks/bench_real.py [--epochs 30] [--imgsz 320] [--batch 16]
         [--workers 2] [--data DIR] [--out DIR] [--sides detjax,ultralytics]
+        [--weights FILE.safetensors]   # fine-tune: the detjax side starts from these weights
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def _args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     p.add_argument("--sides", default="ultralytics,detjax")
+    p.add_argument("--weights", default=None,
+                   help="detjax side starts from these weights (model.weights: a .safetensors "
+                        "written by detjax convert / make_finetune_weights.py)")
     p.add_argument("--child", choices=("detjax", "ultralytics"), default=None,
                    help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -108,6 +112,8 @@ def child_detjax(args, out: str, paths: dict) -> dict:
                  f"data.workers={args.workers}", f"seed={args.seed}", "resume=false",
                  "log.tensorboard=false", "log.plots=false", "log.progress=false",
                  f"workdir={workdir}"]
+    if args.weights:
+        overrides.append(f"model.weights={os.path.abspath(args.weights)}")
     cfg = load_config(os.path.join(ROOT, "configs", "yolov8n.yaml"), overrides)
     enable_compile_cache()
     t0 = time.perf_counter()
@@ -171,6 +177,8 @@ def run_side(side: str, args, out: str, paths_file: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--out", out,
            "--data", args.data, "--epochs", str(args.epochs), "--imgsz", str(args.imgsz),
            "--batch", str(args.batch), "--workers", str(args.workers), "--seed", str(args.seed)]
+    if args.weights:
+        cmd += ["--weights", args.weights]
     # a fresh XLA cache: detjax's wall time includes compiling, as on a user's first run
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + HERE,
                DETJAX_CACHE=os.path.join(out, "detjax_cache"))
@@ -234,8 +242,10 @@ def main(argv=None) -> int:
     with open(paths_file, "w") as f:
         json.dump(paths, f)
     load = os.getloadavg()
-    print(f"bench_real: {args.data}, {args.epochs} epochs, {args.imgsz} px, batch {args.batch}, "
-          f"{args.workers} workers, {os.cpu_count()} CPUs, load {load[0]:.1f}; work folder {out}")
+    start = f", detjax from {args.weights}" if args.weights else ""
+    print(f"bench_real: {args.data}{start}, {args.epochs} epochs, {args.imgsz} px, "
+          f"batch {args.batch}, {args.workers} workers, {os.cpu_count()} CPUs, "
+          f"load {load[0]:.1f}; work folder {out}")
     results = {}
     for side in args.sides.split(","):
         print(f"--- {side}", flush=True)

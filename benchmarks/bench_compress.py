@@ -16,7 +16,8 @@ Variants (``--variants``, default all), each built from ``BASELINE_RUN`` into ``
   ``--qat-lr-scale`` x the baseline's ``train.lr0`` (the README's QAT example uses a tenth);
 - ``student`` / ``student_distilled``: a fresh (randomly initialised) yolov8n trained for
   ``--student-epochs`` (default N) on the baseline's data and recipe, without and with
-  ``train.distill.teacher=BASELINE_RUN`` (default distillation weights).
+  ``train.distill.teacher=--teacher`` (default: BASELINE_RUN; the issue's comparison is a
+  yolov8s teacher run on the same data) with the default distillation weights.
 
 Every fine-tune uses the source run's recipe and image size (``key=value`` overrides after the
 options apply to all of them, e.g. ``train.batch=16``) with ``train.epochs=N`` and
@@ -217,7 +218,8 @@ def build_variant(name: str, base, folder: Path, args) -> dict[str, Any]:
         info.update(finetune_epochs=n, lr0=lr0, time_limit=args.time_limit)
     elif name in ("student", "student_distilled"):
         _fresh(folder)
-        teacher = str(base.run_dir) if name == "student_distilled" else "null"
+        teacher_run = args.teacher or str(base.run_dir)
+        teacher = teacher_run if name == "student_distilled" else "null"
         cfg = load_config(str(base.run_dir / "config.yaml"), [
             "model.name=yolov8n", "model.weights=null", "model.channels=null",
             f"workdir={folder}", "train.qat=false", "train.freeze=0",
@@ -375,9 +377,13 @@ def _notes(name: str, info: dict, base, fused: bool) -> str:
                      f"{info.get('lr0'):g}; restored as qwix int8")
     elif name.startswith("student"):
         who = "with" if info.get("teacher") else "without"
-        parts.append(f"fresh yolov8n, {info.get('epochs')} ep from scratch {who} the baseline "
+        teacher = info.get("teacher")
+        named = ("the baseline" if not teacher or Path(teacher) == Path(base.run_dir)
+                 else Path(teacher).name)
+        parts.append(f"fresh yolov8n, {info.get('epochs')} ep from scratch {who} {named} "
                      "as teacher")
-        if base.config.model.name == "yolov8n" and not base.config.model.get("channels"):
+        if (named == "the baseline" and base.config.model.name == "yolov8n"
+                and not base.config.model.get("channels")):
             parts.append("baseline is itself yolov8n: compare student vs student_distilled")
     if info.get("time_limit"):
         parts.append(f"time_limit {info['time_limit']} min")
@@ -398,6 +404,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--finetune-epochs", type=int, default=1,
                         help="epochs of every fine-tune (pruning, QAT); default 1")
+    parser.add_argument("--teacher", default=None,
+                        help="teacher run of student_distilled (default: the baseline run)")
     parser.add_argument("--student-epochs", type=int, default=None,
                         help="epochs of the fresh students (default: --finetune-epochs)")
     parser.add_argument("--time-limit", type=float, default=0.0,

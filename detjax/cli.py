@@ -12,6 +12,8 @@ import difflib
 import importlib
 import sys
 
+from detjax._malloc import limit_arenas
+
 # name -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("detjax.demo:main", "IoU + NMS on generated detector-like candidates"),
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detjax: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
+    limit_arenas()  # before JAX starts its threads
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
 
 

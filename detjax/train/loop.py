@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from detjax import run as run_lib
+from detjax._malloc import limit_arenas
 from detjax.config import Config, dump_config
 from detjax.eval.validation import eval_settings, evaluate
 from detjax.train import budget, logs, optim
@@ -167,6 +168,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike, *,
     ``stop_after_epochs`` ends this call early after that many epochs in total, leaving a
     resumable run (``{"stopped_at_epoch": n}``)."""
     t_start = time.time()
+    limit_arenas()  # see detjax._malloc: the step's temporaries otherwise spread over arenas
     cfg = config
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

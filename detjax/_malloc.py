@@ -32,3 +32,13 @@ def limit_arenas(count: int = 2) -> bool:
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
         return False
     return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(count)))
+
+
+def release_free_memory() -> bool:
+    """Returns the free pages of glibc's heaps to the system (``malloc_trim(0)``), e.g. after
+    XLA compiled a large program; True when something was released."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(ctypes.c_size_t(0)))

@@ -150,7 +150,7 @@ def test_build_datasets_loads_only_the_splits_asked_for(tmp_path):
 
 PKG = Path(run_lib.__file__).parent
 # detjax's floors (docs: "Layers"); a `cli` module of any package is at the edge
-LAYERS = {"_lazy": 0, "config": 0, "boxes": 1, "coders": 1, "anchors": 1, "nms": 2,
+LAYERS = {"_lazy": 0, "_malloc": 0, "config": 0, "boxes": 1, "coders": 1, "anchors": 1, "nms": 2,
           "assign": 2, "losses": 2, "models": 3, "data": 3, "run": 4, "train": 5, "eval": 5,
           "infer": 5, "plots": 5, "compress": 5, "export": 5, "tune": 5, "cli": 6, "demo": 6,
           "convert": 6,

@@ -78,8 +78,10 @@ def test_pmap_and_sharded_equal_single_device(tmp_path):
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
     out = json.loads(line[len("RESULT"):])
     assert out["steps"] >= 1 and out["moved"] > 1e-4  # training actually changed the weights
-    assert out["pmap"] < 1e-5, out
-    assert out["sharded"] < 1e-5, out
+    # float32 sums over 8 devices in another order: max |diff| of the weights after 3 SGD
+    # steps was < 1e-5 on an AMD EPYC and 1.2e-5 / 1.5e-5 on an Intel Xeon (AVX-512) CPU
+    assert out["pmap"] < 5e-5, out
+    assert out["sharded"] < 5e-5, out
     assert out["flat"] == {"single": 0.0, "pmap": 0.0, "sharded": 0.0}, out  # same programs
     for name in ("pmap", "sharded"):
         assert out["losses"][name] == pytest.approx(out["losses"]["single"], rel=1e-5)

@@ -376,8 +376,8 @@ def _notes(name: str, info: dict, base, fused: bool) -> str:
         parts.append(f"{info.get('finetune_epochs')} ep QAT from baseline, lr0 "
                      f"{info.get('lr0'):g}; restored as qwix int8")
     elif name.startswith("student"):
-        who = "with" if info.get("teacher") else "without"
         teacher = info.get("teacher")
+        who = "with" if teacher else "without"
         named = ("the baseline" if not teacher or Path(teacher) == Path(base.run_dir)
                  else Path(teacher).name)
         parts.append(f"fresh yolov8n, {info.get('epochs')} ep from scratch {who} {named} "

@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 
 M_ARENA_MAX = -8  # glibc malloc.h
 _done = False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
 
 
 def limit_arenas(count: int | None = None) -> bool:
@@ -28,10 +37,8 @@ def limit_arenas(count: int | None = None) -> bool:
     if _done or "MALLOC_ARENA_MAX" in os.environ:
         return False
     _done = True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:  # not glibc (macOS, musl without mallopt)
         return False
     count = count if count is not None else 2 * (os.cpu_count() or 1)
     return bool(mallopt(ctypes.c_int(M_ARENA_MAX), ctypes.c_int(count)))
@@ -40,8 +47,7 @@ def limit_arenas(count: int | None = None) -> bool:
 def release_free_memory() -> bool:
     """Returns the free pages of glibc's heaps to the system (``malloc_trim(0)``), e.g. after
     XLA compiled a large program; True when something was released."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
         return False
     return bool(trim(ctypes.c_size_t(0)))

@@ -651,10 +651,25 @@ def test_non_max_suppression_candidate_buffers_match_oracle(conf_thres):
 
 
 def test_non_max_suppression_buffer_sizes():
-    assert nms_module._candidate_sizes(8400, 30000) == [2048]
-    assert nms_module._candidate_sizes(8400, 1000) == [512]
-    assert nms_module._candidate_sizes(2100, 30000) == [512]
+    assert nms_module._candidate_sizes(8400, 30000) == [1024, 2048]
+    assert nms_module._candidate_sizes(8400, 1000) == [256, 512]
+    assert nms_module._candidate_sizes(2100, 30000) == [256, 512]
+    assert nms_module._candidate_sizes(1100, 30000) == [128]
     assert nms_module._candidate_sizes(500, 30000) == []
+
+
+def test_non_max_suppression_half_full_and_no_buffer_match_oracle():
+    # 2100 anchors: buffers of 256 and 512; the thresholds put ~180, ~410 and ~2100 candidates
+    # per image: the half buffer, the full one, then all anchors.
+    pred = crowded_prediction(np.random.default_rng(24), num_anchors=2100)
+    f = jax.jit(partial(non_max_suppression, max_det=60), static_argnames="conf_thres")
+    branches = set()
+    for conf_thres in (0.97, 0.93, 0.05):
+        most = int((pred[:, 4:].max(1) > np.float32(conf_thres)).sum(1).max())
+        branches.add(sum(most > s for s in (256, 512)))
+        check_detections(f(pred, conf_thres=conf_thres),
+                         np_postprocess(pred, conf_thres, 0.45, max_det=60))
+    assert branches == {0, 1, 2}
 
 
 def test_non_max_suppression_buffers_with_nan_and_ties():

@@ -118,6 +118,29 @@ def test_mutate_starts_from_the_base_config_then_stays_in_bounds():
         history.append((rng.random(), child))
 
 
+def test_start_values_clip_numbers_and_skip_unset_keys_and_foreign_choices():
+    base = {"train.lr0": 0.5, "train.momentum": 0.9, "data.imgsz": 640,
+            "train.loss.box_gain": None}
+    assert SPACE.start_values(base) == {"train.lr0": 1e-2, "train.momentum": 0.9}
+    # evolution's first generation: a 640 px config under a [128, 160] choice starts at 128
+    first = evolve.mutate([], SPACE, base, np.random.default_rng(0))
+    assert first == {"train.lr0": 1e-2, "train.momentum": 0.9, "train.loss.box_gain": 10.5,
+                     "data.imgsz": 128}
+
+
+def test_tpe_first_trial_trains_the_config_itself(tmp_path):
+    calls = []
+    cfg = load_config(None, ["train.lr0=0.003", "train.momentum=0.85", "data.imgsz=160"])
+    log = []
+    tune(cfg, SPACE, tmp_path, trials=2, train_fn=fake_train(calls), log=log.append)
+    assert calls[0][1] == {"train.lr0": 0.003, "train.momentum": 0.85, "data.imgsz": 160}
+    assert calls[1][1] != calls[0][1]
+    assert any("config's own values of 3 of the 4" in line for line in log)
+    # a resumed study does not queue the config again
+    tune(cfg, SPACE, tmp_path, trials=3, train_fn=fake_train(calls), log=log.append)
+    assert len(calls) == 3 and calls[2][1] != calls[0][1]
+
+
 def test_mutate_multiplies_the_parent_within_ultralytics_factor_range():
     space = SearchSpace((Param("train.lr0", "float", 1e-9, 1e9),))
     rng = np.random.default_rng(1)

@@ -66,8 +66,8 @@ def mutate(history: list[tuple[float, Mapping[str, Any]]], space: SearchSpace,
     """The next generation's values (see the module docstring); ``base`` = the config's own
     values, used when the history is empty."""
     if not history:
-        return {p.key: p.clip(base[p.key]) if base.get(p.key) is not None else _mid(p)
-                for p in space.params}
+        start = space.start_values(base)
+        return {p.key: start[p.key] if p.key in start else _mid(p) for p in space.params}
     ranked = sorted(history, key=lambda row: -row[0])[:n]
     fitness = np.array([row[0] for row in ranked])
     weights = fitness - fitness.min() + 1e-6

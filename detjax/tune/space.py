@@ -81,6 +81,18 @@ class SearchSpace:
     def keys(self) -> list[str]:
         return [p.key for p in self.params]
 
+    def start_values(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        """The config's own values (``base``: flat dotted keys) of the searched keys, inside
+        the space: numbers clipped to their bounds; a key the config leaves unset (None) and
+        a choice outside ``choices`` (e.g. ``imgsz: 640`` against ``[128, 160, 192]``) are
+        left out. The first trial of every method trains these."""
+        start = {}
+        for p in self.params:
+            value = base.get(p.key)
+            if value is not None and (p.kind != "choice" or value in p.choices):
+                start[p.key] = p.clip(value)
+        return start
+
     def fitness(self, metrics: Mapping[str, Any]) -> float:
         """Weighted sum of metrics (default ``0.1 * map50 + 0.9 * map``, ultralytics
         ``Metric.fitness``); a missing or non-finite metric counts as 0."""

@@ -135,6 +135,11 @@ def _run_optuna(runner: _Runner, trials: int, seed: int) -> list[dict[str, Any]]
         runner.log(f"resuming: trial {t.number} was interrupted; queued again")
     done = lambda: [t for t in study.get_trials(deepcopy=False)
                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if not study.get_trials(deepcopy=False):  # a new study starts from the config itself
+        start = runner.space.start_values(runner.config.flat())
+        study.enqueue_trial(start)
+        runner.log(f"trial 1 trains the config's own values of {len(start)} of the "
+                   f"{len(runner.space.params)} searched keys (the others: TPE's draw)")
     if done():
         runner.log(f"resuming the study in {runner.tune_dir}: {len(done())} trials done")
     while len(done()) < trials and not runner.out_of_time():

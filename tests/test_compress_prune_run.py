@@ -16,6 +16,7 @@ TINY = ["data.num_train=16", "data.num_val=8", "data.imgsz=64", "data.synthetic_
     (["runs/x", "--ratio", "1.5"], r"--ratio must be in \(0, 1\)"),
     (["runs/x", "--method", "taylor"], "--method must be one of"),
     (["runs/x", "--finetune-epochs", "-1"], "--finetune-epochs must be >= 0"),
+    (["runs/x", "--round-to", "0"], "--round-to must be >= 1"),
     (["runs/x", "extra"], "unknown arguments"),
 ])
 def test_bad_arguments_are_named(argv, match, capsys):
@@ -45,7 +46,8 @@ def test_channel_and_magnitude_pruned_runs_restore_and_evaluate(tmp_path):
     channel = prune_run(tmp_path / "run", tmp_path / "ch", method="channel", ratio=0.5)
     assert channel["params"] < 0.6 * n_source and np.isfinite(channel["map"])
     restored = restore_run(tmp_path / "ch")
-    assert restored.config.model.channels  # the widths travel in config.yaml
+    widths = restored.config.model.channels  # the widths travel in config.yaml
+    assert widths and all(w % 8 == 0 for w in widths.values())  # --round-to 8 by default
     assert restored.class_names == source.class_names
 
     magnitude = prune_run(tmp_path / "run", tmp_path / "mag", method="magnitude", ratio=0.5,

@@ -1,8 +1,11 @@
 """``detjax prune``: a trained run in, a pruned run out (an ordinary run folder).
 
 - ``--method channel``: :func:`detjax.compress.prune_channels` removes ``ratio`` of every channel
-  group of the EMA model (ranked by ``--rank l1|l2|bn``); the new run's ``model.channels`` holds
-  the widths, so ``detjax train``, ``val``, ``predict`` and ``export`` build the smaller network.
+  group of the EMA model (ranked by ``--rank l1|l2|bn``), each kept count rounded to a multiple
+  of ``--round-to`` (default 8: XLA:CPU runs channel counts that are multiples of 8 much faster;
+  30% of yolov8n at 320 px, fused: 1.02x faster than the unpruned model unrounded, 1.15-1.19x
+  rounded, at the same parameter count); the new run's ``model.channels`` holds the widths, so
+  ``detjax train``, ``val``, ``predict`` and ``export`` build the smaller network.
 - ``--method magnitude``: global unstructured L1 pruning to ``ratio`` sparsity. With a fine-tune,
   the sparsity follows the Zhu & Gupta ramp over the first two thirds of its optimiser steps
   (:func:`detjax.compress.prune_by_magnitude` chained after the run's own recipe); the EMA weights
@@ -22,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 USAGE = """usage: detjax prune RUN_DIR --method channel|magnitude --ratio 0.3
-                    [--rank l1|l2|bn] [--finetune-epochs N] [--out DIR] [key=value ...]
+                    [--rank l1|l2|bn] [--round-to 8] [--finetune-epochs N] [--out DIR]
+                    [key=value ...]
 
 Prunes a trained run and writes a new run folder (default RUN_DIR/pruned_<method>_<ratio>):
 channel pruning makes a physically smaller network, magnitude pruning a sparse one. The new
@@ -39,23 +43,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="channel")
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--rank", default="l1")
+    p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("-h", "--help", action="store_true")
     return p
 
 
-def check_args(method: str, ratio: float, finetune_epochs: int) -> None:
+def check_args(method: str, ratio: float, finetune_epochs: int, round_to: int = 8) -> None:
     if method not in METHODS:
         raise ValueError(f"--method must be one of {METHODS}, got {method!r}")
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"--ratio must be in (0, 1), got {ratio}")
+    if round_to < 1:
+        raise ValueError(f"--round-to must be >= 1 (kept channels per group a multiple of it), "
+                         f"got {round_to}")
     if finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {finetune_epochs}")
 
 
 def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "channel",
-              ratio: float = 0.3, rank: str = "l1", finetune_epochs: int = 0,
+              ratio: float = 0.3, rank: str = "l1", round_to: int = 8, finetune_epochs: int = 0,
               overrides: list[str] | None = None) -> dict[str, Any]:
     """Prunes the run in ``run_dir`` into the run folder ``out`` (see the module docstring);
     returns the final metrics of ``out`` plus ``params`` / ``sparsity`` of the pruned model."""
@@ -68,7 +76,7 @@ def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "channel",
     from detjax.models.channels import prune_channels
     from detjax.run import restore_run
 
-    check_args(method, ratio, finetune_epochs)
+    check_args(method, ratio, finetune_epochs, round_to)
     source = restore_run(run_dir)
     out = Path(out)
     if out.exists():
@@ -77,7 +85,7 @@ def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "channel",
     model = source.model
     cfg_overrides: list[str] = []
     if method == "channel":
-        widths = prune_channels(model, ratio, method=rank)
+        widths = prune_channels(model, ratio, method=rank, round_to=round_to)
         cfg_overrides.append("model.channels=" + str(widths).replace("'", ""))
     elif finetune_epochs == 0:  # one-shot: prune the EMA weights themselves
         params = nnx.state(model, nnx.Param)
@@ -86,7 +94,7 @@ def prune_run(run_dir: str | Path, out: str | Path, *, method: str = "channel",
     save_weights(model, weights, metadata={"class_names": list(source.class_names)})
     cfg_overrides += [f"model.weights={weights}", f"workdir={out}", "resume=false"]
     (out / "source.txt").write_text(f"pruned from {source.checkpoint_dir}: method={method} "
-                                    f"ratio={ratio} rank={rank} "
+                                    f"ratio={ratio} rank={rank} round_to={round_to} "
                                     f"finetune_epochs={finetune_epochs}\n")
     if finetune_epochs > 0:
         cfg_overrides += [f"train.epochs={finetune_epochs}", "train.time_limit=0"]
@@ -189,11 +197,12 @@ def main(argv: list[str]) -> int:
     try:
         if unknown:
             raise ValueError(f"unknown arguments {unknown}; overrides look like key=value")
-        check_args(args.method, args.ratio, args.finetune_epochs)
+        check_args(args.method, args.ratio, args.finetune_epochs, args.round_to)
         out = Path(args.out) if args.out else Path(args.run) / (
             f"pruned_{args.method}_{args.ratio:g}")
         final = prune_run(args.run, out, method=args.method, ratio=args.ratio, rank=args.rank,
-                          finetune_epochs=args.finetune_epochs, overrides=rest)
+                          round_to=args.round_to, finetune_epochs=args.finetune_epochs,
+                          overrides=rest)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"detjax prune: {e}", file=sys.stderr)
         return 2

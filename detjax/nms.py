@@ -478,11 +478,12 @@ def _candidate_sizes(num_anchors: int, max_nms: int) -> list[int]:
     half of it when that is at least ``_MIN_CANDIDATES``; ``[]`` when none fits. Each size
     compiles its own NMS, so two, not a ladder: the half buffer halves the compaction and
     the NMS of the common case (a few hundred to a thousand candidates of 8400 anchors)."""
-    size = 0
-    while (size * _SHRINK if size else _MIN_CANDIDATES) <= min(num_anchors // 4, max_nms):
-        size = size * _SHRINK if size else _MIN_CANDIDATES
-    if not size:
+    cap = min(num_anchors // 4, max_nms)
+    if cap < _MIN_CANDIDATES:
         return []
+    size = _MIN_CANDIDATES
+    while size * _SHRINK <= cap:
+        size *= _SHRINK
     return [size // 2, size] if size // 2 >= _MIN_CANDIDATES else [size]
 
 
@@ -564,9 +565,10 @@ def non_max_suppression(prediction: ArrayLike, *, conf_thres: float = 0.25,
     whose rows carry the decayed scores.
 
     Speed: without ``multi_label`` or ``classes``, when every image has few enough anchors
-    above ``conf_thres`` (at most ``128 * 4^k <= A / 4``: 2048 of 8400), they are first
-    compacted into a buffer of that static size (``lax.cond`` at run time) and only those
-    columns get their best class resolved; the result is the same as on all ``A`` anchors.
+    above ``conf_thres`` (at most ``S = 128 * 4^k <= A / 4``: 2048 of 8400), they are first
+    compacted into a static buffer of ``S / 2`` when that holds every image, else of ``S``
+    (``lax.switch`` at run time), and only those columns get their best class resolved; the
+    result is the same as on all ``A`` anchors.
     """
     pred = jnp.asarray(prediction)
     if pred.ndim != 3 or pred.shape[1] < 5:

@@ -1,12 +1,13 @@
 """Compression table of one trained run: size, GFLOPs, CPU latency and mAP of every variant.
 
     python benchmarks/bench_compress.py BASELINE_RUN [--out DIR] [--finetune-epochs 1]
-        [--time-limit MIN] [--variants baseline channel30 ...] [--force] [--repeats 10]
+        [--time-limit MIN] [--variants baseline channel30 ...] [--round-to 8] [--force]
+        [--repeats 10]
 
 Variants (``--variants``, default all), each built from ``BASELINE_RUN`` into ``DIR/<name>``:
 
 - ``baseline``: the run itself (nothing is written but the cached metrics);
-- ``channel30`` / ``channel50``: ``detjax prune --method channel --ratio 0.3|0.5
+- ``channel30`` / ``channel50``: ``detjax prune --method channel --ratio 0.3|0.5 --round-to R
   --finetune-epochs N`` (:func:`detjax.compress.prune_run.prune_run`);
 - ``magnitude50`` / ``magnitude80``: ``detjax prune --method magnitude --ratio 0.5|0.8
   --finetune-epochs N`` (unstructured, global L1, Zhu & Gupta ramp over the fine-tune);
@@ -200,9 +201,11 @@ def build_variant(name: str, base, folder: Path, args) -> dict[str, Any]:
     if name.startswith(("channel", "magnitude")):
         method = "channel" if name.startswith("channel") else "magnitude"
         ratio = int(name.removeprefix(method)) / 100
-        prune_run(base.run_dir, folder, method=method, ratio=ratio, finetune_epochs=n,
-                  overrides=common)
+        prune_run(base.run_dir, folder, method=method, ratio=ratio, round_to=args.round_to,
+                  finetune_epochs=n, overrides=common)
         info.update(method=method, ratio=ratio, finetune_epochs=n, time_limit=args.time_limit)
+        if method == "channel":
+            info.update(round_to=args.round_to)
     elif name == "int8_ptq":
         quantize_run(str(base.run_dir), _fresh(folder), calib_batches=args.calib_batches)
         info.update(calib_batches=args.calib_batches)
@@ -365,8 +368,10 @@ def render(rows: dict[str, dict], batches: list[int], imgsz: int, flops_imgsz: i
 def _notes(name: str, info: dict, base, fused: bool) -> str:
     parts = ["BN fused" if fused else "int8 convs, BN unfused"]
     if name.startswith("channel"):
-        parts.append(f"L1 channel prune {info.get('ratio')}, {info.get('finetune_epochs')} ep "
-                     "fine-tune")
+        rounded = (f" (widths to multiples of {info['round_to']})"
+                   if info.get("round_to", 1) > 1 else "")
+        parts.append(f"L1 channel prune {info.get('ratio')}{rounded}, "
+                     f"{info.get('finetune_epochs')} ep fine-tune")
     elif name.startswith("magnitude"):
         parts.append(f"global L1 sparsity {info.get('ratio')}, {info.get('finetune_epochs')} ep "
                      "fine-tune; dense kernels (XLA has no sparse conv)")
@@ -410,6 +415,9 @@ def main() -> None:
                         help="epochs of the fresh students (default: --finetune-epochs)")
     parser.add_argument("--time-limit", type=float, default=0.0,
                         help="train.time_limit of each fine-tune in minutes (0 = off)")
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="channel variants: kept channels per group a multiple of this "
+                             "(detjax prune --round-to)")
     parser.add_argument("--calib-batches", type=int, default=32,
                         help="int8 PTQ calibration batches (detjax quantize's default)")
     parser.add_argument("--qat-lr-scale", type=float, default=0.1,

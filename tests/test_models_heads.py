@@ -365,3 +365,23 @@ def test_anchors_cli_output_feeds_the_head(tmp_path, capsys):
     np.testing.assert_array_equal(boxes, _anchor_oracle(((8, 8), (4, 4), (2, 2)), anchors))
     assert anchors_main([str(tmp_path / "wh.npy"), "-n", "4", "--generations", "5",
                          "--save", str(tmp_path / "x.yaml")]) == 2
+
+
+@pytest.mark.parametrize("name", HEADS)
+def test_loss_defaults_are_what_the_loss_uses(name):
+    from detjax.models import loss_defaults
+
+    defaults = loss_defaults(name)
+    head = HEAD_CLASSES[name](CHANNELS, NC, STRIDES, rngs=nnx.Rngs(0))
+    out = head(_feats())
+    loss, parts = head.loss(out, _batch())
+    explicit, explicit_parts = head.loss(out, _batch(), **defaults)  # every key is accepted
+    assert float(explicit) == float(loss)
+    assert {k: float(v) for k, v in explicit_parts.items()} == {k: float(v)
+                                                                 for k, v in parts.items()}
+    if name == "dfl":
+        assert {k: defaults[k] for k in ("box_gain", "cls_gain", "dfl_gain")} == {
+            "box_gain": 7.5, "cls_gain": 0.5, "dfl_gain": 1.5}
+    assert "reg_max" not in defaults and "box_coder_stds" not in defaults  # the head sets them
+    with pytest.raises(ValueError, match="head must be one of"):
+        loss_defaults("yolo")

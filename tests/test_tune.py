@@ -134,8 +134,9 @@ def test_tpe_first_trial_trains_the_config_itself(tmp_path):
     log = []
     tune(cfg, SPACE, tmp_path, trials=2, train_fn=fake_train(calls), log=log.append)
     assert calls[0][1] == {"train.lr0": 0.003, "train.momentum": 0.85, "data.imgsz": 160}
+    assert calls[0][2] == {"box_gain": 7.5}  # train.loss unset: the dfl head's default
     assert calls[1][1] != calls[0][1]
-    assert any("config's own values of 3 of the 4" in line for line in log)
+    assert any("config's own values of 4 of the 4" in line for line in log)
     # a resumed study does not queue the config again
     tune(cfg, SPACE, tmp_path, trials=3, train_fn=fake_train(calls), log=log.append)
     assert len(calls) == 3 and calls[2][1] != calls[0][1]
@@ -168,7 +169,7 @@ def test_evolve_runs_and_resumes_from_its_csv(tmp_path):
               log=lambda s: None)
     rows = list(csv.DictReader(open(tmp_path / "evolve.csv")))
     assert len(rows) == 2 and len(calls) == 2
-    assert calls[0][2] == {"box_gain": 10.5}  # the loss gain reached the trial's config
+    assert calls[0][2] == {"box_gain": 7.5}  # generation 1: the dfl head's own default gain
     r2 = tune(cfg, SPACE, tmp_path, trials=3, method="evolve", train_fn=fake_train(calls),
               log=lambda s: None)
     rows2 = list(csv.DictReader(open(tmp_path / "evolve.csv")))

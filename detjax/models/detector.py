@@ -100,6 +100,14 @@ class Detector(nnx.Module):
         return self.head.loss(outputs, batch, **hyp)
 
 
+def loss_defaults(head: str = "dfl") -> dict[str, Any]:
+    """The default of every loss hyperparameter (``train.loss.*``) the ``head`` accepts, e.g.
+    ``{'box_gain': 7.5, 'cls_gain': 0.5, 'dfl_gain': 1.5, ...}`` for ``'dfl'``."""
+    if head not in _HEAD_CLASSES:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    return _HEAD_CLASSES[head].loss_defaults()
+
+
 def create_model(name: str = "yolov8n", *, num_classes: int, head: str = "dfl",
                  p2: bool = False, dtype=None, head_kwargs: dict[str, Any] | None = None,
                  bn_axis_name: str | None = None, rngs: nnx.Rngs) -> Detector:

@@ -96,6 +96,27 @@ def _branch(in_ch: int, mid_ch: int, out_ch: int, *, dtype, rngs: nnx.Rngs) -> n
 class _TwoBranchHead(nnx.Module):
     """Per level a box branch (``box_out`` channels) and a class branch (``cls_out``)."""
 
+    # the detjax.losses function that ``loss``'s ``**hyp`` reaches, and the keywords ``loss``
+    # sets itself (not hyperparameters a config can set)
+    _LOSS_FN: str | None = None
+    _LOSS_SETS: tuple[str, ...] = ()
+
+    @classmethod
+    def loss_defaults(cls) -> dict[str, Any]:
+        """The default of every keyword hyperparameter ``loss`` accepts (``train.loss.*``):
+        its own keyword defaults, then those of the loss function its ``**hyp`` reaches."""
+        import inspect
+
+        import detjax.losses
+
+        fns = [cls.loss] + ([getattr(detjax.losses, cls._LOSS_FN)] if cls._LOSS_FN else [])
+        out: dict[str, Any] = {}
+        for fn in fns:
+            for name, p in inspect.signature(fn).parameters.items():
+                if p.default is not p.empty and name not in cls._LOSS_SETS:
+                    out.setdefault(name, p.default)
+        return out
+
     def __init__(self, in_channels: tuple[int, ...], box_mid: int, box_out: int, cls_mid: int,
                  cls_out: int, *, dtype, rngs: nnx.Rngs):
         self.box_branches = nnx.List([_branch(c, box_mid, box_out, dtype=dtype, rngs=rngs)
@@ -130,6 +151,8 @@ class DFLHead(_TwoBranchHead):
     :func:`class_prior_bias`. ``preds``: ``'boxes'`` ``[B, A, 4 * reg_max]``, ``'scores'``
     ``[B, A, C]`` logits, anchors at cell centres (:func:`detjax.anchors.make_anchor_points`).
     """
+
+    _LOSS_FN, _LOSS_SETS = "yolo_detection_loss", ("reg_max",)
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
                  *, reg_max: int = 16, box_bias: float = 1.0, dtype=None, rngs: nnx.Rngs):
@@ -223,6 +246,8 @@ class RetinaHead(_TwoBranchHead):
     'smooth_l1' / 'giou' / 'diou' / 'ciou').
     """
 
+    _LOSS_FN, _LOSS_SETS = "retinanet_loss", ("box_coder_stds",)
+
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
                  *, ratios: tuple[float, ...] = (0.5, 1.0, 2.0), base_scale: float = 4.0,
                  octave_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
@@ -305,6 +330,8 @@ class ATSSHead(_TwoBranchHead):
     ``[B, A, 4 * (reg_max + 1)]``. ``loss``: :func:`detjax.assign.atss` (topk 9) then
     :func:`detjax.losses.gfl_loss` (QFL 1.0 + GIoU 2.0 + DFL 0.25).
     """
+
+    _LOSS_FN, _LOSS_SETS = "gfl_loss", ("reg_max",)
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, strides: tuple[int, ...],
                  *, reg_max: int = 16, base_scale: float = 8.0, anchors: Any = None,

@@ -111,6 +111,22 @@ class _Runner:
         return fitness, final, pruned
 
 
+def _base_values(config: Config, space: SearchSpace) -> dict[str, Any]:
+    """The config's flat values, where every searched ``train.loss.*`` key that the config
+    leaves unset is the model head's own default (:func:`detjax.models.loss_defaults`): the
+    values the config actually trains with, where the first trial starts."""
+    base = config.flat()
+    unset = [p.key for p in space.params
+             if p.key.startswith("train.loss.") and base.get(p.key) is None]
+    if unset:
+        from detjax.models import loss_defaults
+
+        defaults = loss_defaults(config.model.head)
+        for key in unset:
+            base[key] = defaults.get(key.removeprefix("train.loss."))
+    return base
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -136,7 +152,7 @@ def _run_optuna(runner: _Runner, trials: int, seed: int) -> list[dict[str, Any]]
     done = lambda: [t for t in study.get_trials(deepcopy=False)
                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     if not study.get_trials(deepcopy=False):  # a new study starts from the config itself
-        start = runner.space.start_values(runner.config.flat())
+        start = runner.space.start_values(_base_values(runner.config, runner.space))
         study.enqueue_trial(start)
         runner.log(f"trial 1 trains the config's own values of {len(start)} of the "
                    f"{len(runner.space.params)} searched keys (the others: TPE's draw)")
@@ -222,7 +238,7 @@ def _run_evolve(runner: _Runner, trials: int, seed: int) -> list[dict[str, Any]]
         runner.log(f"resuming the evolution in {runner.tune_dir}: {len(history)} generations "
                    "done")
     rng = np.random.default_rng([seed, len(history)])
-    base = runner.config.flat()
+    base = _base_values(runner.config, runner.space)
     while len(history) < trials and not runner.out_of_time():
         values = evolve_lib.mutate(history, runner.space, base, rng)
         name = f"trial_{len(history):04d}"

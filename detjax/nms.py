@@ -487,12 +487,13 @@ def _candidate_sizes(num_anchors: int, max_nms: int) -> list[int]:
     return [size // 2, size] if size // 2 >= _MIN_CANDIDATES else [size]
 
 
-def _compacted_candidates(pred: jax.Array, ok: jax.Array, max_score: jax.Array, size: int):
-    """The anchors of ``pred [B, 4 + C, A]`` marked ``ok [B, A]`` (at most ``size`` per
-    image, in anchor order) -> (boxes cxcywh ``[B, size, 4]``, anchor, label, score, ok),
-    each ``[B, size]``; ``max_score [B, A]`` is the class max of every anchor. Classes are
-    resolved only for these columns, as the first class row equal to the max (``ok``
-    anchors have no NaN score: NaN never passes the threshold)."""
+def _compacted_candidates(pred: jax.Array, ok: jax.Array, count: jax.Array,
+                          max_score: jax.Array, size: int):
+    """The anchors of ``pred [B, 4 + C, A]`` marked ``ok [B, A]`` (``count [B]`` of them, at
+    most ``size`` per image, in anchor order) -> (boxes cxcywh ``[B, size, 4]``, anchor, label,
+    score, ok), each ``[B, size]``; ``max_score [B, A]`` is the class max of every anchor.
+    Classes are resolved only for these columns, as the first class row equal to the max
+    (``ok`` anchors have no NaN score: NaN never passes the threshold)."""
     anchor = jax.vmap(lambda m: jnp.nonzero(m, size=size, fill_value=0)[0])(ok)  # [B, K]
     anchor = anchor.astype(jnp.int32)
     cols = jnp.take_along_axis(pred, anchor[:, None, :], axis=2)  # [B, 4 + C, K]
@@ -503,7 +504,7 @@ def _compacted_candidates(pred: jax.Array, ok: jax.Array, max_score: jax.Array, 
         return jnp.where((label < 0) & (x == score), c, label)
 
     label = lax.fori_loop(0, cols.shape[1] - 4, first_equal, jnp.full(score.shape, -1, jnp.int32))
-    valid = jnp.arange(size) < jnp.sum(ok, axis=1, keepdims=True)  # [B, K]
+    valid = jnp.arange(size) < count[:, None]  # [B, K]
     return jnp.swapaxes(cols[:, :4], 1, 2), anchor, jnp.maximum(label, 0), score, valid
 
 
@@ -608,12 +609,12 @@ def _postprocess(pred: jax.Array, *, conf_thres: float, multi_label: bool, max_n
         return all_anchors(pred, None)
 
     def compacted(size, pred, ok):
-        return _run_nms(nms_one, *_compacted_candidates(pred, ok, max_score, size))
+        return _run_nms(nms_one, *_compacted_candidates(pred, ok, count, max_score, size))
 
     max_score = _max_score(pred)  # [B, A]
     ok = max_score > conf_thres  # NaN compares False
-    most = jnp.max(jnp.sum(ok, axis=1))
-    branch = jnp.sum(most > jnp.asarray(sizes))  # first buffer that holds every image
+    count = jnp.sum(ok, axis=1)  # [B]
+    branch = jnp.sum(jnp.max(count) > jnp.asarray(sizes))  # first buffer that holds every image
     branches = [partial(compacted, size) for size in sizes] + [all_anchors]
     return lax.switch(branch, branches, pred, ok)  # (lax.cond for one buffer)
 

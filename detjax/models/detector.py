@@ -59,14 +59,19 @@ MAX_STRIDE = 32
 _HEAD_CLASSES = {"dfl": DFLHead, "retina": RetinaHead, "atss": ATSSHead, "fcos": FCOSHead}
 
 
+def _head_class(head: str) -> type:
+    if head not in _HEAD_CLASSES:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+    return _HEAD_CLASSES[head]
+
+
 class Detector(nnx.Module):
     """Backbone -> PAN neck -> head. The module docstring describes the interface."""
 
     def __init__(self, *, depth: float, width: float, max_channels: int, num_classes: int,
                  head: str = "dfl", p2: bool = False, dtype=None,
                  head_kwargs: dict[str, Any] | None = None, rngs: nnx.Rngs):
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        head_class = _head_class(head)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes, self.head_type = num_classes, head
@@ -76,8 +81,8 @@ class Detector(nnx.Module):
                                  dtype=dtype, rngs=rngs)
         self.neck = PAN(self.backbone.channels, levels=levels, depth_n=scale_depth(3, depth),
                         dtype=dtype, rngs=rngs)
-        self.head = _HEAD_CLASSES[head](self.neck.out_channels, num_classes, self.strides,
-                                        dtype=dtype, rngs=rngs, **dict(head_kwargs or {}))
+        self.head = head_class(self.neck.out_channels, num_classes, self.strides,
+                               dtype=dtype, rngs=rngs, **dict(head_kwargs or {}))
 
     def __call__(self, images: jax.Array) -> HeadOutput:
         images = jnp.asarray(images)
@@ -103,9 +108,7 @@ class Detector(nnx.Module):
 def loss_defaults(head: str = "dfl") -> dict[str, Any]:
     """The default of every loss hyperparameter (``train.loss.*``) the ``head`` accepts, e.g.
     ``{'box_gain': 7.5, 'cls_gain': 0.5, 'dfl_gain': 1.5, ...}`` for ``'dfl'``."""
-    if head not in _HEAD_CLASSES:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-    return _HEAD_CLASSES[head].loss_defaults()
+    return _head_class(head).loss_defaults()
 
 
 def create_model(name: str = "yolov8n", *, num_classes: int, head: str = "dfl",
